@@ -1,0 +1,168 @@
+"""``DeepHasher``: the scikit-learn-style face of DAHP — ``fit``, ``encode``, ``save``, ``load``.
+
+It owns what a trained model is: the network, its configuration, the preprocessing,
+the anchors and the class names, all saved together in one model file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .anchors import AnchorSet, generate_anchors
+from .codes import pack_codes
+from .data import ImageCollection, Preprocess, iterate_batches
+from .errors import DahpError
+from .models import HashingNetwork, ModelConfig, init_backbone
+from .serialization import load_file, save_file
+from .training import Trainer, TrainConfig, resolve_device
+
+MODEL_FILE = "model.dahp"
+CHECKPOINT_FILE = "checkpoint.dahp"
+
+
+class DeepHasher:
+    """Learns ``bits``-bit codes for images; ``encode`` returns packed ``uint8`` codes."""
+
+    def __init__(
+        self,
+        model_config: ModelConfig | None = None,
+        train_config: TrainConfig | None = None,
+        preprocess: Preprocess | None = None,
+        weights: str | None = None,
+        device: str = "auto",
+        progress: bool = True,
+    ) -> None:
+        self.model_config = model_config or ModelConfig()
+        self.train_config = train_config or TrainConfig()
+        self.preprocess = preprocess or Preprocess()
+        self.weights = weights
+        self.device = resolve_device(device)
+        self.progress = progress
+        self.model_: HashingNetwork | None = None
+        self.anchors_: AnchorSet | None = None
+        self.class_names_: list[str] = []
+        self.history_: list[dict[str, float]] = []
+        self.weights_note_ = ""
+        self.data_spec_: dict[str, Any] = {}
+
+    @property
+    def bits(self) -> int:
+        return self.model_config.bits
+
+    def _header(self) -> dict[str, Any]:
+        assert self.anchors_ is not None
+        return {
+            "dahp_version": __version__,
+            "bits": self.bits,
+            "model_config": self.model_config.to_dict(),
+            "train_config": self.train_config.to_dict(),
+            "preprocess": self.preprocess.to_dict(),
+            "anchors": self.anchors_.to_dict(),
+            "class_names": self.class_names_,
+            "data": self.data_spec_,
+            "weights": self.weights_note_,
+        }
+
+    def fit(
+        self,
+        data: ImageCollection,
+        out_dir: str | Path | None = None,
+        resume: bool = False,
+        data_spec: dict[str, Any] | None = None,
+    ) -> "DeepHasher":
+        """Train on ``data``; with ``out_dir``, checkpoint there each epoch and save the model file."""
+        out = Path(out_dir) if out_dir is not None else None
+        checkpoint = out / CHECKPOINT_FILE if out is not None else None
+        if resume and (checkpoint is None or not checkpoint.is_file()):
+            raise DahpError(f"--resume: there is no checkpoint to resume from in {out}")
+        self.class_names_ = list(data.class_names)
+        self.data_spec_ = data_spec or {"source": data.source}
+        self.anchors_ = generate_anchors(self.bits, data.num_classes, seed=self.train_config.seed)
+        torch.manual_seed(self.train_config.seed)
+        model = HashingNetwork(self.model_config)
+        self.weights_note_ = "restored from checkpoint" if resume else init_backbone(model.backbone, self.weights)
+        trainer = Trainer(
+            model,
+            torch.from_numpy(self.anchors_.signed()),
+            self.preprocess,
+            self.train_config,
+            self.device,
+            checkpoint_path=checkpoint,
+            progress=self.progress,
+        )
+        if resume:
+            assert checkpoint is not None
+            header = trainer.restore(checkpoint)
+            self._check_same_run(header, checkpoint)
+            self.weights_note_ = header["weights"]
+        trainer.checkpoint_header = self._header()
+        self.history_ = trainer.fit(data)
+        self.model_ = model
+        if out is not None:
+            self.save(out / MODEL_FILE)
+        return self
+
+    def _check_same_run(self, header: dict[str, Any], path: Path) -> None:
+        saved = {
+            "model configuration": (ModelConfig.from_dict(header["model_config"]), self.model_config),
+            "preprocessing": (Preprocess.from_dict(header["preprocess"]), self.preprocess),
+            "class list": (header["class_names"], self.class_names_),
+        }
+        for what, (then, now) in saved.items():
+            if then != now:
+                raise DahpError(f"--resume: {path} was made with a different {what}: {then} (now {now})")
+        self.anchors_ = AnchorSet.from_dict(header["anchors"])
+
+    def _require_fitted(self) -> HashingNetwork:
+        if self.model_ is None:
+            raise DahpError("this DeepHasher is not trained yet: call fit() or DeepHasher.load()")
+        return self.model_
+
+    @torch.inference_mode()
+    def encode_real(self, data: ImageCollection, batch_size: int = 256, workers: int = 0) -> np.ndarray:
+        """Real-valued network outputs ``b`` (n, bits); their signs are the codes."""
+        model = self._require_fitted().to(self.device).eval()
+        outputs = []
+        order = np.arange(len(data))
+        for images, _ in iterate_batches(data, order, batch_size, self.preprocess, workers):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                outputs.append(model(images.to(self.device)).float().cpu())
+        return torch.cat(outputs).numpy()
+
+    def encode(self, data: ImageCollection, batch_size: int = 256, workers: int = 0) -> np.ndarray:
+        """Packed codes: (n, ceil(bits/8)) ``uint8``, bit = 1 where b > 0."""
+        return pack_codes(self.encode_real(data, batch_size, workers))
+
+    def save(self, path: str | Path) -> None:
+        model = self._require_fitted()
+        save_file(path, "model", self._header() | {"history": self.history_},
+                  {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}})
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> "DeepHasher":
+        header, payload = load_file(path, "model")
+        try:
+            hasher = cls(
+                ModelConfig.from_dict(header["model_config"]),
+                TrainConfig.from_dict(header["train_config"]),
+                Preprocess.from_dict(header["preprocess"]),
+                device=device,
+            )
+            anchors = AnchorSet.from_dict(header["anchors"])
+            if anchors.bits != hasher.bits or header["bits"] != hasher.bits:
+                raise DahpError(f"{path}: anchors have {anchors.bits} bits but the model has {hasher.bits}")
+            model = HashingNetwork(hasher.model_config)
+            model.load_state_dict(payload["state_dict"])
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise DahpError(f"{path} is not a valid dahp model file ({type(exc).__name__}: {exc})") from None
+        hasher.model_, hasher.anchors_ = model, anchors
+        hasher.class_names_ = list(header["class_names"])
+        hasher.history_ = list(header.get("history", []))
+        hasher.weights_note_ = header["weights"]
+        hasher.data_spec_ = header["data"]
+        return hasher

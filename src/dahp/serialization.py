@@ -1,0 +1,106 @@
+"""The one on-disk container for model files and training checkpoints.
+
+Layout: a magic line, one JSON header line, then a ``torch.save`` payload. The header
+carries the kind, format version and the payload's length and SHA-256, so a file of
+another version, a truncated download or a flipped byte is refused with a clear
+message before any tensor is unpickled (and tensors load with ``weights_only=True``).
+Writes go to a temporary file that is fsynced and renamed over the target, so a crash
+at any moment leaves either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import DahpError
+
+MAGIC = b"DAHP-FILE\n"
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new file, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_file(path: str | Path, kind: str, header: dict[str, Any], payload: dict[str, Any]) -> None:
+    """Save ``payload`` (tensors, numbers, strings, containers) with a JSON ``header``."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    body = buffer.getvalue()
+    meta = {
+        "kind": kind,
+        "format_version": FORMAT_VERSION,
+        "payload_bytes": len(body),
+        "payload_sha256": hashlib.sha256(body).hexdigest(),
+        **header,
+    }
+    atomic_write_bytes(path, MAGIC + json.dumps(meta, sort_keys=True).encode() + b"\n" + body)
+
+
+def read_header(path: str | Path, kind: str) -> tuple[dict[str, Any], bytes]:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DahpError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise DahpError(f"{path}: cannot read ({exc.strerror})") from None
+    if not raw.startswith(MAGIC):
+        raise DahpError(f"{path} is not a dahp {kind} file (missing the DAHP-FILE header)")
+    header_end = raw.find(b"\n", len(MAGIC))
+    try:
+        meta = json.loads(raw[len(MAGIC) : header_end])
+    except (ValueError, UnicodeDecodeError):
+        raise DahpError(f"{path}: the file header is corrupt") from None
+    if meta.get("kind") != kind:
+        raise DahpError(f"{path} is a dahp {meta.get('kind')!r} file, expected a {kind!r} file")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DahpError(
+            f"{path} has format version {meta.get('format_version')}, this dahp reads version {FORMAT_VERSION}"
+        )
+    body = raw[header_end + 1 :]
+    if len(body) != meta["payload_bytes"]:
+        raise DahpError(f"{path} is truncated: {len(body)} of {meta['payload_bytes']} payload bytes present")
+    if hashlib.sha256(body).hexdigest() != meta["payload_sha256"]:
+        raise DahpError(f"{path} is corrupt: its checksum does not match")
+    return meta, body
+
+
+def load_file(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate and load a file written by :func:`save_file`; returns ``(header, payload)``."""
+    meta, body = read_header(path, kind)
+    payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+    return meta, payload
+
+
+def atomic_write_npz(path: str | Path, **arrays: Any) -> None:
+    """``np.savez`` to ``path`` atomically (the name is kept exactly, no ``.npz`` appended)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())

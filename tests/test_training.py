@@ -1,0 +1,125 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from dahp.data import default_preprocess, load_digits
+from dahp.errors import DahpError
+from dahp.hasher import CHECKPOINT_FILE, MODEL_FILE, DeepHasher
+from dahp.models import ModelConfig
+from dahp.serialization import load_file
+from dahp.training import Trainer, TrainConfig, TrainingDiverged
+
+SMALL_MODEL = ModelConfig(bits=16, output_stride=4, small_stem=True, hidden_dim=64)
+
+
+@pytest.fixture(scope="module")
+def small_digits():
+    digits = load_digits()
+    return digits.subset(np.arange(0, 1797, 9))  # 200 images, all classes
+
+
+def _hasher(epochs=3, **overrides):
+    config = TrainConfig(epochs=epochs, batch_size=32, seed=0, **overrides)
+    return DeepHasher(SMALL_MODEL, config, default_preprocess("digits"), weights="none", device="cpu", progress=False)
+
+
+def _interrupt_after(monkeypatch, epochs_done, action):
+    original = Trainer.save_checkpoint
+
+    def save_then_act(self, done):
+        original(self, done)
+        if done == epochs_done:
+            action(self)
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_act)
+
+
+def test_training_reduces_the_loss_and_saves_a_loadable_model(small_digits, tmp_path):
+    hasher = _hasher(epochs=3).fit(small_digits, out_dir=tmp_path)
+    losses = [record["loss"] for record in hasher.history_]
+    assert losses[-1] < losses[0]
+    loaded = DeepHasher.load(tmp_path / MODEL_FILE, device="cpu")
+    assert loaded.bits == 16 and loaded.anchors_ == hasher.anchors_
+    assert np.array_equal(loaded.encode(small_digits), hasher.encode(small_digits))
+    assert hasher.encode(small_digits).shape == (200, 2)
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(small_digits, tmp_path, monkeypatch):
+    straight = _hasher().fit(small_digits, out_dir=tmp_path / "straight")
+
+    def interrupt(trainer):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 1, interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            _hasher().fit(small_digits, out_dir=tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / MODEL_FILE).exists()
+    resumed = _hasher().fit(small_digits, out_dir=tmp_path / "resumed", resume=True)
+    for key, value in straight.model_.state_dict().items():
+        assert torch.equal(value, resumed.model_.state_dict()[key]), key
+    assert [r["loss"] for r in resumed.history_] == [r["loss"] for r in straight.history_]
+
+
+def test_resume_with_other_settings_or_without_checkpoint_is_refused(small_digits, tmp_path, monkeypatch):
+    with pytest.raises(DahpError, match="no checkpoint to resume from"):
+        _hasher().fit(small_digits, out_dir=tmp_path, resume=True)
+    _hasher(epochs=1).fit(small_digits, out_dir=tmp_path)
+    with pytest.raises(DahpError, match=r"different settings \(lr\)"):
+        _hasher(epochs=2, lr=0.1).fit(small_digits, out_dir=tmp_path, resume=True)
+    longer = _hasher(epochs=2).fit(small_digits, out_dir=tmp_path, resume=True)  # more epochs is fine
+    assert [r["epoch"] for r in longer.history_] == [1, 2]
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(small_digits, tmp_path, monkeypatch):
+    def poison(trainer):
+        with torch.no_grad():
+            trainer.model.hash_layer.bias.fill_(float("nan"))
+
+    _interrupt_after(monkeypatch, 1, poison)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 1.*checkpoint"):
+        _hasher().fit(small_digits, out_dir=tmp_path)
+    header, payload = load_file(tmp_path / CHECKPOINT_FILE, "checkpoint")
+    assert header["epochs_done"] == 1
+    assert all(torch.isfinite(v).all() for v in payload["model"].values() if v.is_floating_point())
+
+
+def test_train_config_validation():
+    with pytest.raises(DahpError, match="--optimizer must be one of"):
+        TrainConfig(optimizer="lbfgs")
+    with pytest.raises(DahpError, match="--lr must be a positive number"):
+        TrainConfig(lr=0)
+    with pytest.raises(DahpError, match="--epochs must be >= 1"):
+        TrainConfig(epochs=0)
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_then_resume(tmp_path):
+    """A run killed with SIGKILL resumes from its last checkpoint to the uninterrupted result."""
+    command = [sys.executable, "-m", "dahp.cli", "train", "--data", "digits", "--train-per-class", "8",
+               "--bits", "16", "--epochs", "6", "--batch-size", "32", "--small-stem", "--output-stride", "4",
+               "--hidden-dim", "64", "--weights", "none", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*command, "--out", str(tmp_path / "straight")], check=True, env=env, capture_output=True)
+    victim = subprocess.Popen([*command, "--out", str(tmp_path / "killed")], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / CHECKPOINT_FILE
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    header, _ = load_file(checkpoint, "checkpoint")  # intact, whatever moment the kill hit
+    assert header["epochs_done"] < 6, "the run finished before it could be killed"
+    subprocess.run([*command, "--out", str(tmp_path / "killed"), "--resume"], check=True, env=env,
+                   capture_output=True)
+    straight = DeepHasher.load(tmp_path / "straight" / MODEL_FILE, device="cpu").model_.state_dict()
+    resumed = DeepHasher.load(tmp_path / "killed" / MODEL_FILE, device="cpu").model_.state_dict()
+    for key, value in straight.items():
+        assert torch.equal(value, resumed[key]), key
