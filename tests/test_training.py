@@ -13,7 +13,7 @@ from dahp.errors import DahpError
 from dahp.hasher import CHECKPOINT_FILE, MODEL_FILE, DeepHasher
 from dahp.models import ModelConfig
 from dahp.serialization import load_file
-from dahp.training import Trainer, TrainConfig, TrainingDiverged
+from dahp.training import TrainConfig, Trainer, TrainingDiverged
 
 SMALL_MODEL = ModelConfig(bits=16, output_stride=4, small_stem=True, hidden_dim=64)
 

@@ -10,14 +10,14 @@ loss is about.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 
+from .codes import hamming_distance
 from .data import default_preprocess, load_digits, split_per_class
 from .hasher import DeepHasher
-from .codes import hamming_distance
 from .metrics import mean_average_precision
 from .models import ModelConfig
 from .training import TrainConfig

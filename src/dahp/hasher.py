@@ -19,7 +19,7 @@ from .data import ImageCollection, Preprocess, iterate_batches
 from .errors import DahpError
 from .models import HashingNetwork, ModelConfig, init_backbone
 from .serialization import load_file, save_file
-from .training import Trainer, TrainConfig, resolve_device
+from .training import TrainConfig, Trainer, resolve_device
 
 MODEL_FILE = "model.dahp"
 CHECKPOINT_FILE = "checkpoint.dahp"
@@ -74,7 +74,7 @@ class DeepHasher:
         out_dir: str | Path | None = None,
         resume: bool = False,
         data_spec: dict[str, Any] | None = None,
-    ) -> "DeepHasher":
+    ) -> DeepHasher:
         """Train on ``data``; with ``out_dir``, checkpoint there each epoch and save the model file."""
         out = Path(out_dir) if out_dir is not None else None
         checkpoint = out / CHECKPOINT_FILE if out is not None else None
@@ -144,7 +144,7 @@ class DeepHasher:
                   {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}})
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> "DeepHasher":
+    def load(cls, path: str | Path, device: str = "auto") -> DeepHasher:
         header, payload = load_file(path, "model")
         try:
             hasher = cls(

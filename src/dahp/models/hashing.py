@@ -12,7 +12,6 @@ from .attention import DualAttention
 from .registry import create_backbone
 
 
-
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild the network; saved inside every model file."""
@@ -33,7 +32,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, object]) -> ModelConfig:
         known = {field.name for field in fields(cls)}
         unknown = set(data) - known
         if unknown:

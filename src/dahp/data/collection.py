@@ -1,0 +1,92 @@
+"""Labelled image collections: decoded images in memory or image files on disk.
+
+A collection holds either decoded images (a uint8 ``(n, h, w, 3)`` array, e.g.
+scikit-learn's digits) or image file paths decoded on demand. Labels are always a
+multi-hot ``(n, k)`` uint8 matrix, so single- and multi-label data share one code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DahpError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+@dataclass
+class ImageCollection:
+    """Images (in memory or as paths) with multi-hot labels and class names."""
+
+    images: np.ndarray | list[Path]
+    labels: np.ndarray
+    class_names: list[str]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.images) == 0:
+            raise DahpError(f"dataset {self.source or '(unnamed)'} is empty: expected at least one image")
+        if self.labels.ndim != 2 or len(self.labels) != len(self.images):
+            raise DahpError(
+                f"dataset {self.source}: labels must be ({len(self.images)}, classes), got {self.labels.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        return self.labels.shape[1]
+
+    def names(self) -> list[str]:
+        """A printable name per image: its path, or ``source[index]`` for in-memory data."""
+        if isinstance(self.images, np.ndarray):
+            return [f"{self.source}[{i}]" for i in range(len(self))]
+        return [str(path) for path in self.images]
+
+    def subset(self, indices: np.ndarray) -> ImageCollection:
+        images = self.images[indices] if isinstance(self.images, np.ndarray) else [self.images[i] for i in indices]
+        return ImageCollection(images, self.labels[indices], self.class_names, self.source)
+
+
+def one_hot(classes: np.ndarray, num_classes: int) -> np.ndarray:
+    labels = np.zeros((len(classes), num_classes), dtype=np.uint8)
+    labels[np.arange(len(classes)), classes] = 1
+    return labels
+
+
+def load_digits() -> ImageCollection:
+    """scikit-learn's digits: 1,797 real 8x8 greyscale scans of 10 digits, no download."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    grey = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    return ImageCollection(rgb, one_hot(bunch.target, 10), [str(d) for d in range(10)], "digits")
+
+
+def load_image_folder(root: str | Path) -> ImageCollection:
+    """``root/<class>/<image>`` trees (torchvision's ImageFolder layout), classes sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DahpError(f"image folder {root} does not exist or is not a directory")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    paths: list[Path] = []
+    classes: list[int] = []
+    for index, class_dir in enumerate(class_dirs):
+        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        paths.extend(files)
+        classes.extend([index] * len(files))
+    if not paths:
+        raise DahpError(f"no images found under {root}: expected {root}/<class>/<image>.jpg")
+    return ImageCollection(paths, one_hot(np.array(classes), len(class_dirs)), [p.name for p in class_dirs], str(root))
+
+
+def load_collection(source: str) -> ImageCollection:
+    """``"digits"`` (embedded) or a path to an image folder."""
+    if source == "digits":
+        return load_digits()
+    return load_image_folder(source)

@@ -1,0 +1,98 @@
+"""Decoding and normalising images in batches, with the preprocessing saved in a model file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DahpError
+from .collection import ImageCollection
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Image -> normalised tensor; saved with the model so encoding matches training."""
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Preprocess:
+        return cls(int(data["image_size"]), tuple(data["mean"]), tuple(data["std"]))  # type: ignore[arg-type]
+
+    def batch(self, images: np.ndarray) -> torch.Tensor:
+        """(n, h, w, 3) uint8 -> (n, 3, s, s) float, resized when h or w differ from s."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+
+def default_preprocess(source: str, image_size: int | None = None) -> Preprocess:
+    """Digits stay at their 8 px with a symmetric normalisation; photos get ImageNet's."""
+    if source == "digits" and image_size is None:
+        return Preprocess(image_size=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    return Preprocess(image_size or 224, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """Read one image file as (size, size, 3) uint8; a clear error names a bad file."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DahpError(f"cannot read image {path}: {exc}") from None
+
+
+class _FileBatches(torch.utils.data.Dataset):
+    """Decodes a batch of files per item, so DataLoader workers decode in parallel."""
+
+    def __init__(self, paths: Sequence[Path], batches: list[np.ndarray], preprocess: Preprocess) -> None:
+        self.paths, self.batches, self.preprocess = paths, batches, preprocess
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, np.ndarray]:
+        indices = self.batches[item]
+        size = self.preprocess.image_size
+        pixels = np.stack([decode_image(self.paths[i], size) for i in indices])
+        return self.preprocess.batch(pixels), indices
+
+
+def iterate_batches(
+    collection: ImageCollection,
+    order: np.ndarray,
+    batch_size: int,
+    preprocess: Preprocess,
+    workers: int = 0,
+) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """Yield ``(images, indices)`` batches over ``order``; files are decoded in ``workers`` processes."""
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if isinstance(collection.images, np.ndarray):
+        for indices in batches:
+            yield preprocess.batch(collection.images[indices]), indices
+        return
+    loader = torch.utils.data.DataLoader(
+        _FileBatches(collection.images, batches, preprocess),
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=False,
+    )
+    for images, indices in loader:  # the loader turns the index arrays into tensors
+        yield images, indices.numpy()
