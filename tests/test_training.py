@@ -24,9 +24,9 @@ def small_digits():
     return digits.subset(np.arange(0, 1797, 9))  # 200 images, all classes
 
 
-def _hasher(epochs=3, **overrides):
-    config = TrainConfig(epochs=epochs, batch_size=32, seed=0, **overrides)
-    return DeepHasher(SMALL_MODEL, config, default_preprocess("digits"), weights="none", device="cpu", progress=False)
+def _hasher(epochs=3, model=SMALL_MODEL, **overrides):
+    config = TrainConfig(**{"epochs": epochs, "batch_size": 32, "seed": 0, **overrides})
+    return DeepHasher(model, config, default_preprocess("digits"), weights="none", device="cpu", progress=False)
 
 
 def _interrupt_after(monkeypatch, epochs_done, action):
@@ -123,3 +123,10 @@ def test_sigkill_during_training_then_resume(tmp_path):
     resumed = DeepHasher.load(tmp_path / "killed" / MODEL_FILE, device="cpu").model_.state_dict()
     for key, value in straight.items():
         assert torch.equal(value, resumed[key]), key
+
+
+def test_a_last_batch_of_one_image_is_skipped_not_fatal(small_digits):
+    one_by_one = ModelConfig(bits=16, output_stride=8, small_stem=True, hidden_dim=64)  # 8 px -> 1x1 map
+    hasher = _hasher(epochs=1, model=one_by_one, batch_size=33)  # 199 images = 6 batches of 33 + 1
+    hasher.fit(small_digits.subset(np.arange(199)))
+    assert hasher.history_[0]["epoch"] == 1

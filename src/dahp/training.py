@@ -162,6 +162,8 @@ class Trainer:
         )
         batches = iterate_batches(data, order, self.config.batch_size, self.preprocess, self.config.workers)
         for step, (images, indices) in enumerate(batches):
+            if len(indices) < 2:  # BatchNorm cannot train on one image; it is seen again next epoch
+                continue
             index = torch.from_numpy(indices).to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 codes = self.model(images.to(self.device, non_blocking=True))
@@ -182,11 +184,11 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             seen += len(indices)
-            for name, value in {"loss": float(loss.detach()), **parts}.items():
+            parts["loss"] = float(loss.detach())
+            for name, value in parts.items():
                 totals[name] = totals.get(name, 0.0) + value * len(indices)
-            rate = seen / max(time.perf_counter() - started, 1e-9)
             bar.update(len(indices))
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", img_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{parts['loss']:.4f}", img_s=f"{seen / (time.perf_counter() - started):.0f}")
         bar.close()
         seconds = time.perf_counter() - started
         record = {name: total / seen for name, total in totals.items()}
