@@ -3,11 +3,14 @@
 A collection holds either decoded images (a uint8 ``(n, h, w, 3)`` array, e.g.
 scikit-learn's digits) or image file paths decoded on demand. Labels are always a
 multi-hot ``(n, k)`` uint8 matrix, so single- and multi-label data share one code path.
+Optionally a collection remembers each image's official partition (e.g. CIFAR-10's
+``"train"``/``"test"``) so protocols can reproduce a dataset's own split, and the
+images dropped as unreadable at load time so reports can list them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,10 @@ class ImageCollection:
     labels: np.ndarray
     class_names: list[str]
     source: str = ""
+    partition: np.ndarray | None = None
+    """Per image, the dataset's own partition name (``"train"``, ``"test"``, ...), or None."""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """``(image, reason)`` of every unreadable image left out when the collection was loaded."""
 
     def __post_init__(self) -> None:
         if len(self.images) == 0:
@@ -32,6 +39,11 @@ class ImageCollection:
         if self.labels.ndim != 2 or len(self.labels) != len(self.images):
             raise DahpError(
                 f"dataset {self.source}: labels must be ({len(self.images)}, classes), got {self.labels.shape}"
+            )
+        if self.partition is not None and self.partition.shape != (len(self.images),):
+            raise DahpError(
+                f"dataset {self.source}: partition must name one part per image ({len(self.images)}), "
+                f"got shape {self.partition.shape}"
             )
 
     def __len__(self) -> int:
@@ -49,7 +61,10 @@ class ImageCollection:
 
     def subset(self, indices: np.ndarray) -> ImageCollection:
         images = self.images[indices] if isinstance(self.images, np.ndarray) else [self.images[i] for i in indices]
-        return ImageCollection(images, self.labels[indices], self.class_names, self.source)
+        partition = None if self.partition is None else self.partition[indices]
+        return ImageCollection(
+            images, self.labels[indices], self.class_names, self.source, partition, list(self.skipped)
+        )
 
 
 def one_hot(classes: np.ndarray, num_classes: int) -> np.ndarray:
@@ -86,7 +101,7 @@ def load_image_folder(root: str | Path) -> ImageCollection:
 
 
 def load_collection(source: str) -> ImageCollection:
-    """``"digits"`` (embedded) or a path to an image folder."""
-    if source == "digits":
-        return load_digits()
-    return load_image_folder(source)
+    """``"digits"`` (embedded), an image folder, or any other spec :func:`dahp.data.load_source` reads."""
+    from .sources import load_source  # sources builds on this module
+
+    return load_source(source)

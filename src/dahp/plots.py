@@ -1,0 +1,130 @@
+"""Figures and a summary table from :func:`dahp.metrics.evaluate` result dicts.
+
+``results`` maps a method / model name to one evaluate() dict (the same dicts read
+back from JSON work too).  Figures are drawn with matplotlib's object API on an Agg
+canvas (no pyplot global state, no display needed) and written atomically, so a
+crash never leaves a half-written PNG.  matplotlib is imported inside the functions:
+importing this module, or dahp.metrics, stays cheap.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dahp.errors import DahpError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+
+def _check_results(results: dict[str, dict[str, Any]], keys: tuple[str, ...], name: str = "results") -> None:
+    if not isinstance(results, dict) or not results:
+        raise DahpError(f"{name}: expected a non-empty dict of method name -> evaluate() result")
+    for method, result in results.items():
+        missing = [key for key in keys if not isinstance(result, dict) or key not in result]
+        if missing:
+            raise DahpError(
+                f"{name}[{method!r}]: expected a dahp.metrics.evaluate() dict, missing {', '.join(missing)}"
+            )
+
+
+def _new_figure(n_axes: int) -> tuple[Figure, list[Axes]]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.0 * n_axes, 4.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, [figure.add_subplot(1, n_axes, i + 1) for i in range(n_axes)]
+
+
+def _save_png(figure: Figure, path: str | Path) -> None:
+    from dahp.serialization import atomic_write_bytes  # imported here: serialization pulls in torch
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _style(axes: Axes, title: str, xlabel: str, ylabel: str) -> None:
+    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+
+
+def plot_pr_curves(results: dict[str, dict[str, Any]], path: str | Path) -> None:
+    """Precision-recall curves per method: by Hamming radius (left) and by rank (right).
+
+    Both are shown because the field reports either; radius lookup is what a hash
+    table serves, ranking is what mAP and P@N measure.
+    """
+    _check_results(results, ("pr_by_radius", "pr_by_rank"))
+    figure, (by_radius, by_rank) = _new_figure(2)
+    for method, result in results.items():
+        by_radius.plot(result["pr_by_radius"]["recall"], result["pr_by_radius"]["precision"], marker=".", label=method)
+        by_rank.plot(result["pr_by_rank"]["recall"], result["pr_by_rank"]["precision"], label=method)
+    _style(by_radius, "PR by Hamming radius", "recall", "precision")
+    _style(by_rank, "PR by rank", "recall", "precision")
+    _save_png(figure, path)
+
+
+def plot_precision_at_n(results: dict[str, dict[str, Any]], path: str | Path) -> None:
+    """P@N curve per method over the evaluated N grid."""
+    _check_results(results, ("precision_at_n",))
+    figure, (axes,) = _new_figure(1)
+    for method, result in results.items():
+        axes.plot(result["precision_at_n"]["n"], result["precision_at_n"]["precision"], label=method)
+    _style(axes, "Precision@N", "N (top returned)", "precision")
+    _save_png(figure, path)
+
+
+def plot_precision_within_radius_vs_bits(
+    results_by_bits: dict[str, dict[int, dict[str, Any]]], path: str | Path
+) -> None:
+    """Precision within the Hamming radius against code length, one line per method (paper Figs. 4-8 (b)).
+
+    The x values come from each result's own ``bits`` field, so dicts whose integer keys
+    became strings in a JSON round trip plot the same.
+    """
+    if not isinstance(results_by_bits, dict) or not results_by_bits:
+        raise DahpError("results_by_bits: expected a non-empty dict of method name -> {bits: evaluate() result}")
+    for method, by_bits in results_by_bits.items():
+        _check_results(by_bits, ("bits", "radius", "precision_within_radius"), name=f"results_by_bits[{method!r}]")
+    all_results = [result for by_bits in results_by_bits.values() for result in by_bits.values()]
+    radii = {result["radius"] for result in all_results}
+    if len(radii) != 1:
+        raise DahpError(f"results_by_bits: expected one Hamming radius across all results, got {sorted(radii)}")
+    figure, (axes,) = _new_figure(1)
+    for method, by_bits in results_by_bits.items():
+        points = sorted((result["bits"], result["precision_within_radius"]) for result in by_bits.values())
+        axes.plot(*zip(*points), marker="o", label=method)
+    axes.set_xticks(sorted({result["bits"] for result in all_results}))
+    radius = radii.pop()
+    _style(axes, f"Precision within Hamming radius {radius}", "code length (bits)", f"P@H≤{radius}")
+    _save_png(figure, path)
+
+
+def markdown_table(results: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table, one row per method: bits, mAP@K, tie-aware mAP@K, P@H≤r and P@N.
+
+    N is 1000 when evaluated (the paper's figure), else the largest N evaluated; K, r
+    and N get their own columns because they may differ between rows.
+    """
+    _check_results(results, ("bits", "top_k", "map", "map_expected", "radius", "precision_within_radius",
+                             "precision_at_n"))
+    lines = [
+        "| method | bits | K | mAP@K | expected mAP@K | r | P@H≤r | N | P@N |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for method, result in results.items():
+        n_grid = result["precision_at_n"]["n"]
+        n = 1000 if 1000 in n_grid else max(n_grid)
+        precision_at_n = result["precision_at_n"]["precision"][n_grid.index(n)]
+        k = "all" if result["top_k"] is None else result["top_k"]
+        lines.append(
+            f"| {method} | {result['bits']} | {k} | {result['map']:.4f} | {result['map_expected']:.4f} | "
+            f"{result['radius']} | {result['precision_within_radius']:.4f} | {n} | {precision_at_n:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
