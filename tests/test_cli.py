@@ -50,20 +50,73 @@ def test_user_errors_exit_1_with_one_line(argv, message, capsys, tmp_path, monke
     assert err.startswith("dahp: error: ") and message in err and err.count("\n") == 1
 
 
+def _train_tiny(out, *extra):
+    return main(["train", "--data", "digits", "--out", str(out), "--query-per-class", "5", "--train-per-class", "10",
+                 "--epochs", "2", *TINY_TRAIN, *extra])
+
+
 def test_train_encode_evaluate_on_digits(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--data", "digits", "--out", str(out), "--query-per-class", "5",
-                 "--train-per-class", "10", "--epochs", "2", *TINY_TRAIN]) == 0
+    assert _train_tiny(out) == 0
     text = capsys.readouterr().out
-    assert "training on 100 images of digits (10 classes), 16 bits" in text and "random init" in text
+    assert "training on 100 images of digits (10 classes; protocol per-class, seed 0), 16 bits" in text
+    assert "random init" in text
+    protocol = json.loads((out / "protocol.json").read_text())
+    assert protocol["protocol"]["parameters"]["query_per_class"] == 5 and protocol["sizes"]["database"] == 1747
     assert main(["encode", str(out / MODEL_FILE), "digits", "-o", str(tmp_path / "codes.npz")]) == 0
     codes = np.load(tmp_path / "codes.npz")
     assert codes["codes"].shape == (1797, 2) and codes["codes"].dtype == np.uint8 and int(codes["bits"]) == 16
     assert np.array_equal(codes["labels"], load_digits().labels)
     capsys.readouterr()
-    assert main(["evaluate", str(out / MODEL_FILE), "--json"]) == 0  # the model's own split
-    result = json.loads(capsys.readouterr().out)
-    assert result["queries"] == 50 and result["database"] == 1747 and 0.0 <= result["mAP@ALL"] <= 1.0
+    report = tmp_path / "report"
+    assert main(["evaluate", str(out / MODEL_FILE), "--out", str(report), "--json"]) == 0  # the model's own split
+    headline = json.loads(capsys.readouterr().out)["run"]
+    assert headline["queries"] == 50 and headline["database"] == 1747 and 0.0 <= headline["map"] <= 1.0
+    saved = json.loads((report / "results.json").read_text())
+    assert saved["results"]["run"]["map"] == headline["map"]
+    assert saved["context"]["protocol"]["name"] == "per-class" and saved["context"]["models"]["run"]["method"] == "DAHP"
+    assert "empty_radius" in saved["results"]["run"]["conventions"]
+    assert (report / "results.md").read_text().startswith("| method | bits |")
+    for png in ("pr_curves.png", "precision_at_n.png"):
+        assert (report / png).read_bytes().startswith(b"\x89PNG")
+    assert not (report / "precision_radius_vs_bits.png").exists()  # one code length only
+
+
+def test_evaluate_several_models_plots_precision_against_code_length(tmp_path, capsys):
+    for bits in ("16", "24"):
+        assert _train_tiny(tmp_path / f"dahp{bits}", "--bits", bits, "--epochs", "1") == 0
+    capsys.readouterr()
+    report = tmp_path / "report"
+    models = [str(tmp_path / f"dahp{bits}" / MODEL_FILE) for bits in ("16", "24")]
+    assert main(["evaluate", *models, "--out", str(report), "--top-k", "100", "--radius", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "| dahp16 | 16 | 100 |" in table and "| dahp24 | 24 | 100 |" in table
+    assert (report / "precision_radius_vs_bits.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_data_describe_prints_the_protocol_table(capsys):
+    assert main(["data", "describe", "digits", "--protocol", "per-class", "--query-per-class", "20",
+                 "--train-per-class", "100"]) == 0
+    text = capsys.readouterr().out
+    assert "protocol per-class (seed 0)" in text and "digits: 1797 images, 10 classes" in text
+    assert text.rstrip().splitlines()[-1].split() == ["images", "200", "1000", "1597", "1797"]
+
+
+def test_skip_bad_leaves_out_a_corrupt_image_and_says_so(tmp_path, capsys):
+    digits = load_digits()
+    for index in range(20):
+        folder = tmp_path / "images" / f"d{index % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(digits.images[index]).save(folder / f"{index}.png")
+    (tmp_path / "images" / "d0" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(tmp_path / "images"), "--out", str(out), "--image-size", "8", "--epochs", "1",
+            *TINY_TRAIN]
+    assert main(argv) == 1
+    assert "broken.png" in capsys.readouterr().err
+    assert main([*argv, "--skip-bad"]) == 0
+    captured = capsys.readouterr()
+    assert "training on 20 images" in captured.out and "skipped 1 unreadable images" in captured.err
 
 
 def test_corrupt_model_file_is_a_clear_error(tmp_path, capsys):
@@ -73,7 +126,7 @@ def test_corrupt_model_file_is_a_clear_error(tmp_path, capsys):
     model = out / MODEL_FILE
     model.write_bytes(model.read_bytes()[:-100])
     capsys.readouterr()
-    assert main(["evaluate", str(model), "--query-per-class", "2"]) == 1
+    assert main(["evaluate", str(model), "--query-per-class", "2", "--out", str(tmp_path / "report")]) == 1
     assert "is truncated" in capsys.readouterr().err
 
 
@@ -99,5 +152,6 @@ def test_image_folder_train_encode_and_folder_evaluation(tmp_path, capsys):
     assert all(name.endswith(".png") for name in names)
     capsys.readouterr()
     assert main(["evaluate", str(out / MODEL_FILE), "--query", str(tmp_path / "query"),
-                 "--database", str(tmp_path / "train"), "--top-k", "10"]) == 0
-    assert capsys.readouterr().out.startswith("mAP@10 = ")
+                 "--database", str(tmp_path / "train"), "--top-k", "10", "--out", str(tmp_path / "report")]) == 0
+    assert capsys.readouterr().out.startswith("| method | bits | K |")
+    assert json.loads((tmp_path / "report" / "results.json").read_text())["results"]["run"]["queries"] == len(names)

@@ -8,9 +8,9 @@ from dahp.data import (
     Preprocess,
     default_preprocess,
     iterate_batches,
-    load_collection,
     load_digits,
     load_image_folder,
+    load_source,
     split_per_class,
 )
 from dahp.errors import DahpError
@@ -55,7 +55,7 @@ def _write_folder(root, per_class=3, size=12):
 
 def test_image_folder_loading_and_batches(tmp_path):
     _write_folder(tmp_path)
-    data = load_collection(str(tmp_path))
+    data = load_source(str(tmp_path))
     assert data.class_names == ["cat", "dog"] and len(data) == 6
     assert data.labels.argmax(axis=1).tolist() == [0, 0, 0, 1, 1, 1]
     batches = list(iterate_batches(data, np.arange(6), 4, Preprocess(image_size=16)))

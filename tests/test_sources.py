@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dahp.data import ImageCollection, get_protocol, load_collection, load_source
+from dahp.data import ImageCollection, get_protocol, load_source
 from dahp.data import sources as sources_module
 from dahp.errors import DahpError
 
@@ -357,7 +357,7 @@ def test_spec_errors(tmp_path):
         load_source(str(tmp_path / "l.txt"), label_column="x")
     with pytest.raises(DahpError, match="given both in the spec and as an option"):
         load_source(f"{tmp_path / 'l.txt'}?image_root=a", image_root="b")
-    assert len(load_source("digits")) == 1797 and len(load_collection("digits")) == 1797
+    assert len(load_source("digits")) == 1797
 
 
 def test_skip_bad_drops_and_lists_unreadable_files(tmp_path):

@@ -75,29 +75,53 @@ def cmd_anchors(args: argparse.Namespace) -> None:
         print(f"{index:>5} {code}")
 
 
-def _split_args(args: argparse.Namespace):
-    """The collection named by --data and the split asked for (None: use every image)."""
-    from .data import load_collection, split_per_class
+def _collection(args: argparse.Namespace, spec: str):
+    """Load ``spec`` with the shared data options; report skipped unreadable images."""
+    from .data import load_source
 
-    data = load_collection(args.data)
-    if args.query_per_class or args.train_per_class:
-        return data, split_per_class(data.labels, args.query_per_class, args.train_per_class, args.split_seed)
-    return data, None
+    data = load_source(spec, image_root=args.image_root, cache_dir=args.cache_dir, skip_bad=args.skip_bad)
+    if data.skipped:
+        print(f"skipped {len(data.skipped)} unreadable images (--skip-bad), e.g. {data.skipped[0][0]}: "
+              f"{data.skipped[0][1]}", file=sys.stderr)
+    return data
 
 
-def _data_spec(args: argparse.Namespace) -> dict[str, object]:
-    return {"source": args.data, "query_per_class": args.query_per_class,
-            "train_per_class": args.train_per_class, "split_seed": args.split_seed}
+def _protocol(args: argparse.Namespace, default: str):
+    """--protocol with its seed; --query-per-class / --train-per-class select and tune ``per-class``."""
+    from .data import get_protocol
+
+    parameters = {key: getattr(args, key) for key in ("query_per_class", "train_per_class")
+                  if getattr(args, key) is not None}
+    name = args.protocol or ("per-class" if parameters else default)
+    return get_protocol(name, seed=args.split_seed, **parameters)
+
+
+def _data_record(args: argparse.Namespace, protocol, split) -> dict[str, object]:
+    from .data import split_digest
+
+    return {"source": args.data, "image_root": args.image_root, "protocol": protocol.to_dict(),
+            "sizes": split.sizes(), "split_sha256": split_digest(split)}
+
+
+def cmd_data_describe(args: argparse.Namespace) -> None:
+    from .data import describe
+
+    data = _collection(args, args.data)
+    protocol = _protocol(args, "all")
+    print(f"protocol {protocol.name} (seed {protocol.seed}): {json.dumps(dict(protocol.parameters))}")
+    print(describe(data, protocol.split(data)))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .data import default_preprocess
+    from .data import default_preprocess, save_protocol
     from .hasher import MODEL_FILE, DeepHasher
     from .models import ModelConfig
     from .training import TrainConfig
 
-    data, split = _split_args(args)
-    train = data.subset(split.train) if split is not None else data
+    data = _collection(args, args.data)
+    protocol = _protocol(args, "all")
+    split = protocol.split(data)
+    train = data.subset(split.train)
     model = ModelConfig(bits=args.bits, output_stride=args.output_stride, small_stem=args.small_stem,
                         attention=not args.no_attention, hidden_dim=args.hidden_dim)
     config = TrainConfig(
@@ -106,11 +130,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         anchor_weight=args.anchor_weight, quantization_weight=args.quantization_weight, pairs=args.pairs,
         seed=args.seed, workers=args.workers,
     )
-    hasher = DeepHasher(model, config, default_preprocess(args.data, args.image_size), weights=args.weights, device=args.device,
-                        progress=not args.quiet)
-    print(f"training on {len(train)} images of {args.data} ({train.num_classes} classes), "
-          f"{args.bits} bits, device {hasher.device}")
-    hasher.fit(train, out_dir=args.out, resume=args.resume, data_spec=_data_spec(args))
+    hasher = DeepHasher(model, config, default_preprocess(args.data, args.image_size), weights=args.weights,
+                        device=args.device, progress=not args.quiet)
+    print(f"training on {len(train)} images of {args.data} ({train.num_classes} classes; protocol "
+          f"{protocol.name}, seed {protocol.seed}), {args.bits} bits, device {hasher.device}")
+    save_protocol(Path(args.out) / "protocol.json", protocol, split)
+    hasher.fit(train, out_dir=args.out, resume=args.resume, data_spec=_data_record(args, protocol, split))
     print(f"backbone: {hasher.weights_note_}")
     last = hasher.history_[-1]
     print(f"epoch {last['epoch']}: loss {last['loss']:.4f}, {last['images_per_s']:.0f} images/s")
@@ -118,12 +143,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
-    from .data import load_collection
     from .hasher import DeepHasher
     from .serialization import atomic_write_npz
 
     hasher = DeepHasher.load(args.model, device=args.device)
-    data = load_collection(args.images)
+    data = _collection(args, args.images)
     started = time.perf_counter()
     codes = hasher.encode(data, batch_size=args.batch_size, workers=args.workers)
     seconds = time.perf_counter() - started
@@ -133,47 +157,97 @@ def cmd_encode(args: argparse.Namespace) -> None:
           f"({len(data) / seconds:.0f} images/s) -> {args.output}")
 
 
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .data import load_collection
-    from .hasher import DeepHasher
-    from .metrics import mean_average_precision
+def _run_name(path: str, taken: set[str]) -> str:
+    """``runs/dahp48/model.dahp`` -> ``dahp48``; other files by their stem; made unique."""
+    file = Path(path)
+    name = file.parent.name if file.name == "model.dahp" and file.parent.name else file.stem
+    unique, counter = name, 2
+    while unique in taken:
+        unique, counter = f"{name}-{counter}", counter + 1
+    return unique
 
-    hasher = DeepHasher.load(args.model, device=args.device)
+
+def _evaluation_sets(args: argparse.Namespace, hasher):
+    """(query, database, context) from --query/--database, --data + protocol, or the model's own record."""
     if args.query is not None or args.database is not None:
         if args.query is None or args.database is None:
             raise DahpError("--query and --database must be given together")
-        query, database = load_collection(args.query), load_collection(args.database)
+        query, database = _collection(args, args.query), _collection(args, args.database)
         if query.class_names != database.class_names:
             raise DahpError(f"--query classes {query.class_names} differ from --database classes "
                             f"{database.class_names}")
+        return query, database, {"query": args.query, "database": args.database}
+    from .data import Protocol, split_digest
+
+    record = hasher.data_spec_
+    if args.data is None:
+        if "protocol" not in record:
+            raise DahpError("the model file records no data protocol: give --data (and --protocol)")
+        args.data, args.image_root = record["source"], args.image_root or record.get("image_root")
+    data = _collection(args, args.data)
+    explicit = args.protocol or args.query_per_class is not None or args.train_per_class is not None
+    protocol = _protocol(args, "all") if explicit else Protocol.from_dict(record["protocol"])
+    split = protocol.split(data)
+    if len(split.query) == 0:
+        raise DahpError(f"protocol {protocol.name} draws no queries: give --protocol (e.g. per-class with "
+                        "--query-per-class N) or --query DIR and --database DIR")
+    if not explicit and record.get("split_sha256") not in (None, split_digest(split)):
+        raise DahpError(f"{args.data} now splits differently from when the model was trained "
+                        "(the images or their order changed); give --protocol explicitly to evaluate anyway")
+    context = _data_record(args, protocol, split) | {"skipped": len(data.skipped)}
+    return data.subset(split.query), data.subset(split.database), context
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .hasher import DeepHasher
+    from .metrics import evaluate
+    from .plots import markdown_table
+    from .reports import write_report
+
+    hashers = {}
+    for path in args.models:
+        hashers[_run_name(path, set(hashers))] = DeepHasher.load(path, device=args.device)
+    query, database, context = _evaluation_sets(args, next(iter(hashers.values())))
+    results, methods, models = {}, {}, {}
+    for name, hasher in hashers.items():
+        codes = [hasher.encode(part, batch_size=args.batch_size, workers=args.workers) for part in (query, database)]
+        results[name] = evaluate(*codes, query.labels, database.labels, hasher.bits, top_k=args.top_k,
+                                 radius=args.radius)
+        methods[name] = hasher.method_name()
+        models[name] = {"path": str(Path(args.models[len(models)]).resolve()), "method": methods[name],
+                        "model_config": hasher.model_config.to_dict(), "train_config": hasher.train_config.to_dict()}
+    files = write_report(args.out, results, methods, {**context, "models": models}, query.skipped + database.skipped)
+    if args.json:
+        print(json.dumps({name: {key: result[key] for key in ("bits", "queries", "database", "top_k", "map",
+                                                              "map_expected", "precision_within_radius")}
+                          for name, result in results.items()}))
     else:
-        if args.data is None:
-            spec = hasher.data_spec_
-            args.data, args.query_per_class = spec["source"], spec.get("query_per_class", 0)
-            args.train_per_class, args.split_seed = spec.get("train_per_class", 0), spec.get("split_seed", 0)
-        data, split = _split_args(args)
-        if split is None:
-            raise DahpError("evaluation needs a query/database split: give --query-per-class, "
-                            "or --query DIR and --database DIR")
-        query, database = data.subset(split.query), data.subset(split.database)
-    query_codes = hasher.encode(query, batch_size=args.batch_size, workers=args.workers)
-    database_codes = hasher.encode(database, batch_size=args.batch_size, workers=args.workers)
-    score = mean_average_precision(query_codes, database_codes, query.labels, database.labels,
-                                   hasher.bits, top_k=args.top_k)
-    at = "ALL" if args.top_k is None else str(args.top_k)
-    result = {"bits": hasher.bits, "queries": len(query), "database": len(database), f"mAP@{at}": score}
-    print(json.dumps(result) if args.json else f"mAP@{at} = {score:.4f} ({len(query)} queries, "
-          f"{len(database)} database images, {hasher.bits} bits)")
+        print(markdown_table(results), end="")
+        print("wrote " + ", ".join(str(file) for file in files))
 
 
 # --- parser ---------------------------------------------------------------------
 
 
-def _add_split_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--query-per-class", type=_non_negative_int, default=0, metavar="N",
-                        help="queries drawn per class (database = all non-query images)")
-    parser.add_argument("--train-per-class", type=_non_negative_int, default=0, metavar="N",
-                        help="training images drawn per class (0 and no queries: train on everything)")
+SOURCE_HELP = ("'digits' (embedded), an image folder ROOT/<class>/<image>, a .tar.gz of one, a CIFAR-10 "
+               "python-batches directory, 'cifar10' (download), a list file (.txt: 'path 0 1 0 ...') or a .csv")
+
+
+def _add_source_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-root", default=None, help="root of the relative paths in a list file or CSV")
+    parser.add_argument("--cache-dir", default=None, help="decoded-image cache (default $DAHP_CACHE or ~/.cache/dahp)")
+    parser.add_argument("--skip-bad", action="store_true", help="leave out unreadable images and list them")
+
+
+def _add_protocol_options(parser: argparse.ArgumentParser) -> None:
+    from .data import PROTOCOLS
+
+    parser.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None,
+                        help="named split (cifar10: 100 queries + 500 training per class, database = the rest)")
+    parser.add_argument("--query-per-class", type=_non_negative_int, default=None, metavar="N",
+                        help="per-class protocol: queries drawn per class")
+    parser.add_argument("--train-per-class", type=_non_negative_int, default=None, metavar="N",
+                        help="per-class protocol: training images per class (0: all non-query images)")
     parser.add_argument("--split-seed", type=_non_negative_int, default=0, metavar="S")
 
 
@@ -209,10 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     anchors.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     train = command("train", cmd_train, "train a DAHP model; checkpoints every epoch into --out")
-    train.add_argument("--data", required=True, help="'digits' (embedded) or an image folder ROOT/<class>/<image>")
+    train.add_argument("--data", required=True, help=SOURCE_HELP)
     train.add_argument("--out", required=True, type=Path, help="run directory (checkpoint.dahp, model.dahp)")
     train.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.dahp")
-    _add_split_options(train)
+    _add_source_options(train)
+    _add_protocol_options(train)
     train.add_argument("--bits", type=_bits, default=48)
     train.add_argument("--epochs", type=_positive_int, default=50)
     train.add_argument("--batch-size", type=_positive_int, default=128)
@@ -239,19 +314,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     encode = command("encode", cmd_encode, "encode images to packed binary codes (.npz)")
     encode.add_argument("model", help="model file (model.dahp)")
-    encode.add_argument("images", help="'digits' or an image folder")
+    encode.add_argument("images", help=SOURCE_HELP)
     encode.add_argument("-o", "--output", required=True, type=Path, help="output .npz")
+    _add_source_options(encode)
     _add_runtime_options(encode)
 
-    evaluate = command("evaluate", cmd_evaluate, "mAP of Hamming ranking for a query/database split")
-    evaluate.add_argument("model", help="model file (model.dahp)")
-    evaluate.add_argument("--data", default=None, help="collection to split (default: the model's training data)")
-    _add_split_options(evaluate)
-    evaluate.add_argument("--query", default=None, help="query image folder (with --database)")
-    evaluate.add_argument("--database", default=None, help="database image folder (with --query)")
+    evaluate = command("evaluate", cmd_evaluate,
+                       "mAP@K, tie-aware mAP, PR curves, P@N and P@H<=r for one or more models; writes a report")
+    evaluate.add_argument("models", nargs="+", metavar="MODEL", help="model files (model.dahp)")
+    evaluate.add_argument("--data", default=None, help="collection to split (default: each model's training data). "
+                          + SOURCE_HELP)
+    _add_source_options(evaluate)
+    _add_protocol_options(evaluate)
+    evaluate.add_argument("--query", default=None, help="query collection (with --database)")
+    evaluate.add_argument("--database", default=None, help="database collection (with --query)")
     evaluate.add_argument("--top-k", type=_positive_int, default=None, help="mAP@K (default: all)")
-    evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("--radius", type=_non_negative_int, default=2, help="Hamming radius of P@H<=r")
+    evaluate.add_argument("--out", type=Path, default=Path("dahp-evaluation"),
+                          help="report folder: results.json, results.md, PNG plots (default ./dahp-evaluation)")
+    evaluate.add_argument("--json", action="store_true", help="print the headline figures as JSON")
     _add_runtime_options(evaluate)
+
+    data = command("data", lambda args: None, "inspect data sources and protocols")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    describe = data_commands.add_parser("describe", help="sizes per split and per class",
+                                        description="sizes per split and per class for a source and protocol")
+    describe.set_defaults(handler=cmd_data_describe)
+    describe.add_argument("data", metavar="SOURCE", help=SOURCE_HELP)
+    _add_source_options(describe)
+    _add_protocol_options(describe)
     return parser
 
 

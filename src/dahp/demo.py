@@ -16,13 +16,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .codes import hamming_distance
-from .data import default_preprocess, load_digits, split_per_class
+from .data import default_preprocess, get_protocol, load_digits, split_digest
 from .hasher import DeepHasher
 from .metrics import mean_average_precision
 from .models import ModelConfig
 from .training import TrainConfig
 
-QUERY_PER_CLASS, TRAIN_PER_CLASS, SPLIT_SEED = 20, 100, 0
+PROTOCOL = get_protocol("per-class", seed=0, query_per_class=20, train_per_class=100)
 
 
 @dataclass
@@ -37,8 +37,9 @@ class DemoRun:
 
 def _train_and_score(name: str, hasher: DeepHasher, data, split) -> tuple[DemoRun, np.ndarray, np.ndarray]:
     started = time.perf_counter()
-    hasher.fit(data.subset(split.train), data_spec={"source": "digits", "query_per_class": QUERY_PER_CLASS,
-                                                      "train_per_class": TRAIN_PER_CLASS, "split_seed": SPLIT_SEED})
+    record = {"source": "digits", "protocol": PROTOCOL.to_dict(), "sizes": split.sizes(),
+              "split_sha256": split_digest(split)}
+    hasher.fit(data.subset(split.train), data_spec=record)
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
     query = hasher.encode(data.subset(split.query))
@@ -55,8 +56,8 @@ def run_demo(
     epochs: int = 12, bits: int = 48, seed: int = 0, progress: bool = True, echo: Callable[[str], None] = print
 ) -> list[DemoRun]:
     data = load_digits()
-    split = split_per_class(data.labels, QUERY_PER_CLASS, TRAIN_PER_CLASS, SPLIT_SEED)
-    echo(f"digits: {len(data)} images, 10 classes; split (seed {SPLIT_SEED}): "
+    split = PROTOCOL.split(data)
+    echo(f"digits: {len(data)} images, 10 classes; split (seed {PROTOCOL.seed}): "
          f"{len(split.query)} queries, {len(split.train)} training, {len(split.database)} database")
     model = ModelConfig(bits=bits, output_stride=4, small_stem=True)
     dahp_config = TrainConfig(epochs=epochs, seed=seed, schedule="cosine", pairs="batch")

@@ -54,6 +54,13 @@ class DeepHasher:
     def bits(self) -> int:
         return self.model_config.bits
 
+    def method_name(self) -> str:
+        """The paper's name for this configuration (Table III), to group runs in reports."""
+        anchor = self.train_config.anchor_weight > 0
+        if self.model_config.attention:
+            return "DAHP" if anchor else "DAHP-v2 (no anchor loss)"
+        return "ResNet-18 + anchor loss" if anchor else "DAHP-v1 (ResNet-18, pairwise loss)"
+
     def _header(self) -> dict[str, Any]:
         assert self.anchors_ is not None
         return {

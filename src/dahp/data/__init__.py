@@ -1,6 +1,6 @@
 """Data: image sources, collections, seeded protocols and the preprocessing saved with a model."""
 
-from .collection import IMAGE_EXTENSIONS, ImageCollection, load_collection, load_digits, load_image_folder, one_hot
+from .collection import IMAGE_EXTENSIONS, ImageCollection, load_digits, load_image_folder, one_hot
 from .protocols import (
     PROTOCOLS,
     Protocol,
@@ -43,7 +43,6 @@ __all__ = [
     "iterate_batches",
     "load_archive",
     "load_cifar10_batches",
-    "load_collection",
     "load_csv",
     "load_digits",
     "load_image_folder",

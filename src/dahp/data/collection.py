@@ -98,10 +98,3 @@ def load_image_folder(root: str | Path) -> ImageCollection:
     if not paths:
         raise DahpError(f"no images found under {root}: expected {root}/<class>/<image>.jpg")
     return ImageCollection(paths, one_hot(np.array(classes), len(class_dirs)), [p.name for p in class_dirs], str(root))
-
-
-def load_collection(source: str) -> ImageCollection:
-    """``"digits"`` (embedded), an image folder, or any other spec :func:`dahp.data.load_source` reads."""
-    from .sources import load_source  # sources builds on this module
-
-    return load_source(source)
