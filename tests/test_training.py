@@ -130,3 +130,19 @@ def test_a_last_batch_of_one_image_is_skipped_not_fatal(small_digits):
     hasher = _hasher(epochs=1, model=one_by_one, batch_size=33)  # 199 images = 6 batches of 33 + 1
     hasher.fit(small_digits.subset(np.arange(199)))
     assert hasher.history_[0]["epoch"] == 1
+
+
+def test_encode_images_matches_encoding_the_collection(small_digits, tmp_path):
+    from PIL import Image
+
+    hasher = _hasher(epochs=1).fit(small_digits, out_dir=tmp_path)
+    files = []
+    for index in range(3):
+        files.append(tmp_path / f"{index}.png")
+        Image.fromarray(small_digits.images[index]).save(files[-1])
+    with open(files[2], "rb") as stream:
+        codes = hasher.encode_images([files[0], str(files[1]), stream])
+    assert np.array_equal(codes, hasher.encode(small_digits.subset(np.arange(3))))
+    assert len(DeepHasher.load(tmp_path / MODEL_FILE).fingerprint_) == 64
+    with pytest.raises(DahpError, match="cannot read image"):
+        hasher.encode_images([tmp_path / "missing.png"])

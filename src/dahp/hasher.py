@@ -6,8 +6,9 @@ the anchors and the class names, all saved together in one model file.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ import torch
 from . import __version__
 from .anchors import AnchorSet, generate_anchors
 from .codes import pack_codes
-from .data import ImageCollection, Preprocess, iterate_batches
+from .data import ImageCollection, Preprocess, decode_image, iterate_batches
 from .errors import DahpError
 from .models import HashingNetwork, ModelConfig, init_backbone
 from .serialization import load_file, save_file
@@ -49,6 +50,7 @@ class DeepHasher:
         self.history_: list[dict[str, float]] = []
         self.weights_note_ = ""
         self.data_spec_: dict[str, Any] = {}
+        self.fingerprint_ = ""  # SHA-256 of the saved weights: indexes check they were built by this model
 
     @property
     def bits(self) -> int:
@@ -145,6 +147,14 @@ class DeepHasher:
         """Packed codes: (n, ceil(bits/8)) ``uint8``, bit = 1 where b > 0."""
         return pack_codes(self.encode_real(data, batch_size, workers))
 
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[str | Path | IO[bytes]]) -> np.ndarray:
+        """Packed codes for a few images given as files or byte streams (a query, an upload)."""
+        model = self._require_fitted().to(self.device).eval()
+        size = self.preprocess.image_size
+        pixels = np.stack([decode_image(image, size) for image in images])
+        return pack_codes(model(self.preprocess.batch(pixels).to(self.device)).float().cpu().numpy())
+
     def save(self, path: str | Path) -> None:
         model = self._require_fitted()
         save_file(path, "model", self._header() | {"history": self.history_},
@@ -172,4 +182,5 @@ class DeepHasher:
         hasher.history_ = list(header.get("history", []))
         hasher.weights_note_ = header["weights"]
         hasher.data_spec_ = header["data"]
+        hasher.fingerprint_ = header["payload_sha256"]
         return hasher

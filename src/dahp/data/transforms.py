@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -50,13 +51,16 @@ def default_preprocess(source: str, image_size: int | None = None) -> Preprocess
     return Preprocess(image_size or 224, IMAGENET_MEAN, IMAGENET_STD)
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """Read one image file as (size, size, 3) uint8; a clear error names a bad file."""
+def decode_image(source: Path | IO[bytes], size: int, name: str | None = None) -> np.ndarray:
+    """Read one image (a file or an open byte stream) as (size, size, 3) uint8.
+
+    A clear error names the bad image (``name``, else the path).
+    """
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DahpError(f"cannot read image {path}: {exc}") from None
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        raise DahpError(f"cannot read image {name or source}: {exc}") from None
 
 
 class _FileBatches(torch.utils.data.Dataset):
