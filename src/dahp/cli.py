@@ -1,4 +1,4 @@
-"""The ``dahp`` command line: demo, anchors, train, encode, evaluate.
+"""The ``dahp`` command line: demo, anchors, data, train, encode, evaluate, export, index, search, serve.
 
 User errors (bad options, bad files, impossible requests) print one ``dahp: error:``
 line and exit with status 2 (argparse's usage errors) or 1 (everything else); only
@@ -19,6 +19,7 @@ import numpy as np
 from . import __version__
 from .codes import MAX_BITS, MIN_BITS, check_bits
 from .errors import DahpError
+from .export import add_export_command
 
 
 def _bits(text: str) -> int:
@@ -334,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="report folder: results.json, results.md, PNG plots (default ./dahp-evaluation)")
     evaluate.add_argument("--json", action="store_true", help="print the headline figures as JSON")
     _add_runtime_options(evaluate)
+
+    add_export_command(command)
 
     data = command("data", lambda args: None, "inspect data sources and protocols")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
