@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from collections.abc import Callable
 
 import numpy as np
+from timing import best_time
 
 from dahp.codes import pack_codes
 from dahp.metrics import (
@@ -27,16 +27,6 @@ from dahp.metrics import (
 
 TARGET_SECONDS = 1.0
 
-
-def best_time(run: Callable[[], object], repeats: int) -> float:
-    """Best of ``repeats`` after one warm-up: the warm-up pays for first-touch page faults."""
-    run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from . import __version__
 from .codes import MAX_BITS, MIN_BITS, check_bits
 from .errors import DahpError
 from .export import add_export_command
+from .index.commands import add_index_commands
 
 
 def _bits(text: str) -> int:
@@ -227,6 +228,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print("wrote " + ", ".join(str(file) for file in files))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from .index import Index
+    from .web import create_app
+
+    index = Index.load(args.index, device=args.device)
+    app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 2**20))
+    print(f"serving {args.index} ({index.info()['count']} images) on http://{args.host}:{args.port}/  (Ctrl-C stops)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
 # --- parser ---------------------------------------------------------------------
 
 
@@ -337,6 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_options(evaluate)
 
     add_export_command(command)
+    add_index_commands(command)
+
+    serve = command("serve", cmd_serve, "web page and JSON API to search an index by image")
+    serve.add_argument("index", help="index directory (dahp index build)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    serve.add_argument("--port", type=_positive_int, default=8000)
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads get HTTP 413")
+    serve.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
 
     data = command("data", lambda args: None, "inspect data sources and protocols")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
