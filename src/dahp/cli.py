@@ -229,10 +229,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import uvicorn
+    try:
+        import uvicorn
 
+        from .web import create_app
+    except ImportError as exc:
+        raise DahpError(f"dahp serve needs the web extra ({exc.name} is missing): pip install 'dahp[web]'") from None
     from .index import Index
-    from .web import create_app
 
     index = Index.load(args.index, device=args.device)
     app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 2**20))
