@@ -9,7 +9,6 @@ from dahp.data import (
     default_preprocess,
     iterate_batches,
     load_digits,
-    load_image_folder,
     load_source,
     split_per_class,
 )
@@ -65,13 +64,13 @@ def test_image_folder_loading_and_batches(tmp_path):
 
 def test_bad_folders_and_images_are_named(tmp_path):
     with pytest.raises(DahpError, match="does not exist"):
-        load_image_folder(tmp_path / "nope")
+        load_source(str(tmp_path / "nope"))
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     with pytest.raises(DahpError, match="no images found"):
-        load_image_folder(tmp_path / "empty")
+        load_source(str(tmp_path / "empty"))
     _write_folder(tmp_path / "bad")
     (tmp_path / "bad" / "cat" / "0.png").write_bytes(b"not a png")
-    data = load_image_folder(tmp_path / "bad")
+    data = load_source(str(tmp_path / "bad"))
     with pytest.raises(DahpError, match=r"cannot read image .*cat/0.png"):
         list(iterate_batches(data, np.arange(len(data)), 8, Preprocess(image_size=8)))
 

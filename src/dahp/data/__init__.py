@@ -1,6 +1,6 @@
 """Data: image sources, collections, seeded protocols and the preprocessing saved with a model."""
 
-from .collection import IMAGE_EXTENSIONS, ImageCollection, load_digits, load_image_folder, one_hot
+from .collection import IMAGE_EXTENSIONS, ImageCollection, load_digits, one_hot
 from .protocols import (
     PROTOCOLS,
     Protocol,
@@ -45,7 +45,6 @@ __all__ = [
     "load_cifar10_batches",
     "load_csv",
     "load_digits",
-    "load_image_folder",
     "load_image_tree",
     "load_list_file",
     "load_protocol",

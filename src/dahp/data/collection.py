@@ -81,20 +81,3 @@ def load_digits() -> ImageCollection:
     grey = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     return ImageCollection(rgb, one_hot(bunch.target, 10), [str(d) for d in range(10)], "digits")
-
-
-def load_image_folder(root: str | Path) -> ImageCollection:
-    """``root/<class>/<image>`` trees (torchvision's ImageFolder layout), classes sorted by name."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DahpError(f"image folder {root} does not exist or is not a directory")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
-    paths: list[Path] = []
-    classes: list[int] = []
-    for index, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        paths.extend(files)
-        classes.extend([index] * len(files))
-    if not paths:
-        raise DahpError(f"no images found under {root}: expected {root}/<class>/<image>.jpg")
-    return ImageCollection(paths, one_hot(np.array(classes), len(class_dirs)), [p.name for p in class_dirs], str(root))
