@@ -363,6 +363,30 @@ def mean_average_precision(
     return float(means["ap"])
 
 
+def _mean_curve(
+    query_codes: np.ndarray,
+    database_codes: np.ndarray,
+    query_labels: np.ndarray,
+    database_labels: np.ndarray,
+    bits: int,
+    chunk_size: int,
+    workers: int | None,
+    curve: Callable[[_ChunkRanking], tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Query-mean precision and recall arrays of a per-query ``curve``."""
+    query_labels, database_labels = _check_inputs(
+        query_codes, database_codes, query_labels, database_labels, bits, chunk_size, workers
+    )
+
+    def per_query(ranking: _ChunkRanking) -> dict[str, np.ndarray]:
+        precision, recall = curve(ranking)
+        return {"precision": precision, "recall": recall}
+
+    means = _query_means(
+        query_codes, database_codes, query_labels, database_labels, bits, per_query, chunk_size, workers
+    )
+    return means["precision"], means["recall"]
+
 def precision_recall_by_radius(
     query_codes: np.ndarray,
     database_codes: np.ndarray,
@@ -378,18 +402,10 @@ def precision_recall_by_radius(
     (the DPSH / HashNet convention), so small radii are not flattered by the few
     queries that find anything; a query with no relevant item has recall 0.
     """
-    query_labels, database_labels = _check_inputs(
-        query_codes, database_codes, query_labels, database_labels, bits, chunk_size, workers
+    return _mean_curve(
+        query_codes, database_codes, query_labels, database_labels, bits, chunk_size, workers,
+        lambda ranking: ranking.precision_recall_by_radius(),
     )
-
-    def per_query(ranking: _ChunkRanking) -> dict[str, np.ndarray]:
-        precision, recall = ranking.precision_recall_by_radius()
-        return {"precision": precision, "recall": recall}
-
-    means = _query_means(
-        query_codes, database_codes, query_labels, database_labels, bits, per_query, chunk_size, workers
-    )
-    return means["precision"], means["recall"]
 
 
 def precision_recall_within_radius(
@@ -430,19 +446,11 @@ def precision_recall_by_rank(
     An N larger than the database is capped at the database size, so precision@N
     stays a fraction of the items actually returned.
     """
-    query_labels, database_labels = _check_inputs(
-        query_codes, database_codes, query_labels, database_labels, bits, chunk_size, workers
-    )
     cutoffs = np.minimum(_check_n_values(n_values), len(database_codes))
-
-    def per_query(ranking: _ChunkRanking) -> dict[str, np.ndarray]:
-        precision, recall = ranking.precision_recall_at(cutoffs)
-        return {"precision": precision, "recall": recall}
-
-    means = _query_means(
-        query_codes, database_codes, query_labels, database_labels, bits, per_query, chunk_size, workers
+    return _mean_curve(
+        query_codes, database_codes, query_labels, database_labels, bits, chunk_size, workers,
+        lambda ranking: ranking.precision_recall_at(cutoffs),
     )
-    return means["precision"], means["recall"]
 
 
 def precision_at_n(
