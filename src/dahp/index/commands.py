@@ -52,7 +52,8 @@ def cmd_index_build(args: argparse.Namespace) -> None:
     from .store import Index
 
     started = time.perf_counter()
-    index = Index.build(args.model, args.images, args.output, device=args.device, **_encoding_options(args))
+    index = Index.build(args.model, args.images, args.output, device=args.device, backend=args.backend, uri=args.uri,
+                        **_encoding_options(args))
     _report_added(index, index.count, started)
 
 
@@ -76,8 +77,12 @@ def cmd_index_info(args: argparse.Namespace) -> None:
     print(f"index {info['path']}: {info['count']} images, {info['bits']}-bit codes, format version "
           f"{info['format_version']}, generation {info['generation']}")
     print(f"model fingerprint {info['model_fingerprint']}")
-    print(f"backend {backend['name']} {backend['faiss_version']}: codes padded to {backend['padded_bytes']} bytes, "
-          f"{backend['hash_tables']} hash table(s) of {backend['hash_key_bits']}-bit keys")
+    if backend["name"] == "faiss":
+        print(f"backend faiss {backend['faiss_version']}: codes padded to {backend['padded_bytes']} bytes, "
+              f"{backend['hash_tables']} hash table(s) of {backend['hash_key_bits']}-bit keys")
+    else:
+        print(f"backend {backend['name']}: " + ", ".join(f"{key} {value}" for key, value in backend.items()
+                                                           if key != "name"))
     print(f"created {info['created']}, updated {info['updated']}")
     for source in info["sources"]:
         print(f"  + {source['added']} images of {source['spec']} at {source['at']}"
@@ -128,6 +133,11 @@ def add_index_commands(command: CommandFactory) -> None:
     build.add_argument("model", help="model file (model.dahp); the index keeps a copy")
     build.add_argument("images", help=SOURCE_HELP)
     build.add_argument("-o", "--output", required=True, help="index directory (an existing index is replaced)")
+    build.add_argument("--backend", choices=("faiss", "milvus"), default="faiss",
+                       help="where the codes live: faiss (in the index directory, default) or a Milvus collection")
+    build.add_argument("--uri", default=None,
+                       help="milvus backend: a server (http://host:19530) or a Milvus Lite file (*.db); "
+                            "default: a Lite file OUTPUT.milvus.db beside the index directory")
     _add_encoding_options(build)
 
     add = subcommand("add", cmd_index_add, "append images to an index, encoded with the index's own model")

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
+from importlib import import_module
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -225,5 +227,23 @@ class FaissEngine:
                 "hash_tables": int(self._index.nhash), "hash_key_bits": int(self._index.b)}
 
 
-ENGINES: dict[str, type[HammingEngine]] = {FaissEngine.name: FaissEngine}
+class _Engines(Mapping[str, type[HammingEngine]]):
+    """Backend classes by name, each imported on first lookup: opening a faiss index never imports pymilvus."""
+
+    def __init__(self, homes: dict[str, str]) -> None:
+        self._homes = homes
+
+    def __getitem__(self, name: str) -> type[HammingEngine]:
+        module, _, attribute = self._homes[name].partition(":")
+        return getattr(import_module(module), attribute)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._homes)
+
+    def __len__(self) -> int:
+        return len(self._homes)
+
+
+ENGINES: Mapping[str, type[HammingEngine]] = _Engines({FaissEngine.name: f"{__name__}:FaissEngine",
+                                                        "milvus": f"{__package__}.milvus:MilvusEngine"})
 """Backends by the name an index manifest records."""

@@ -100,6 +100,19 @@ def _encode_source(hasher: DeepHasher, images_spec: str, batch_size: int, worker
     return data, np.concatenate(parts)
 
 
+def _new_engine(backend: str, bits: int, uri: str | None, target: Path) -> HammingEngine:
+    """An empty engine of ``backend`` for the index being built at ``target``; only Milvus takes a ``uri``."""
+    if backend == "milvus":
+        from .milvus import MilvusEngine
+
+        return MilvusEngine.create(bits, uri, target)
+    if backend != FaissEngine.name:
+        raise DahpError(f"unknown backend {backend!r}: choose from {sorted(ENGINES)}")
+    if uri is not None:
+        raise DahpError("a uri is for the milvus backend; faiss keeps its codes in the index directory")
+    return FaissEngine(bits)
+
+
 def _commit(directory: Path, manifest: dict[str, Any], engine: HammingEngine, data: ImageCollection,
             codes: np.ndarray, images_spec: str, base: Metadata | None, now: str) -> dict[str, Any]:
     """Append ``codes`` to ``engine``, write the next generation's files, and commit its manifest last."""
@@ -211,10 +224,14 @@ class Index:
     @classmethod
     def build(cls, model_path: str | Path, images_spec: str, out_dir: str | Path, *, batch_size: int = 256,
               workers: int = 0, skip_bad: bool = False, image_root: str | Path | None = None,
-              cache_dir: str | Path | None = None, device: str = "auto", progress: bool = True) -> Index:
+              cache_dir: str | Path | None = None, device: str = "auto", progress: bool = True,
+              backend: str = "faiss", uri: str | None = None) -> Index:
         """Encode every image of ``images_spec`` with the model and write a new index to ``out_dir``.
 
         An existing index at ``out_dir`` is replaced atomically; any other non-empty path is refused.
+        ``backend`` "faiss" keeps the codes in the index directory; "milvus" keeps them in a Milvus
+        collection at ``uri`` (a server URL or a Milvus Lite ``.db`` file; default: a Lite file
+        ``NAME.milvus.db`` beside the index directory, see :mod:`dahp.index.milvus`).
         """
         target = Path(out_dir)
         _check_replaceable(target)
@@ -227,9 +244,9 @@ class Index:
         try:
             atomic_write_bytes(staging / MODEL_FILE, model_bytes)
             hasher = DeepHasher.load(staging / MODEL_FILE, device=device)
+            engine = _new_engine(backend, hasher.bits, uri, target)  # before encoding: a bad URI fails fast
             data, codes = _encode_source(hasher, images_spec, batch_size, workers, skip_bad, image_root, cache_dir,
                                          progress)
-            engine = FaissEngine(hasher.bits)
             now = _utc_now()
             empty = {"format": FORMAT, "format_version": FORMAT_VERSION, "index_id": uuid.uuid4().hex,
                      "generation": 0, "bits": hasher.bits, "model_fingerprint": hasher.fingerprint_,
