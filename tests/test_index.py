@@ -1,4 +1,3 @@
-import argparse
 import io
 import json
 import shutil
@@ -18,7 +17,6 @@ from dahp.hasher import DeepHasher
 from dahp.index import FaissEngine, Index, hash_layout, padded_width
 from dahp.index import engine as engine_module
 from dahp.index import store as store_module
-from dahp.index.commands import add_index_commands
 from dahp.index.manifest import MANIFEST_FILE, sha256_file
 from dahp.index.metadata import Metadata
 from dahp.models import ModelConfig
@@ -468,56 +466,42 @@ def test_build_refuses_to_replace_other_data(model_path, tmp_path):
 # --- command line --------------------------------------------------------------------------
 
 
-def run(argv):
-    parser = argparse.ArgumentParser(prog="dahp")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    def command(name, handler, help_text):
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(handler=handler)
-        return sub
-
-    add_index_commands(command)
-    args = parser.parse_args([str(arg) for arg in argv])
-    args.handler(args)
-
-
-def test_cli_build_add_info_search(model_path, other_model_path, folder, tmp_path, capsys):
+def test_cli_build_add_info_search(cli, model_path, other_model_path, folder, tmp_path, capsys):
     index = tmp_path / "index"
     files = sorted((folder / "folder").rglob("*.png"))
-    run(["index", "build", model_path, folder / "folder", "-o", index, "--device", "cpu", "--quiet"])
+    cli(["index", "build", model_path, folder / "folder", "-o", index, "--device", "cpu", "--quiet"])
     assert f"indexed 24 images of {folder / 'folder'}" in capsys.readouterr().out
-    run(["index", "add", index, folder / "labels.csv", "--model", model_path, "--batch-size", "7", "--quiet"])
+    cli(["index", "add", index, folder / "labels.csv", "--model", model_path, "--batch-size", "7", "--quiet"])
     out = capsys.readouterr().out
     assert f"indexed 24 images of {folder / 'labels.csv'}" in out and "(48 images, 16-bit codes)" in out
 
-    run(["index", "info", index, "--json"])
+    cli(["index", "info", index, "--json"])
     info = json.loads(capsys.readouterr().out)
     assert info["count"] == 48 and info["generation"] == 2 and info["bits"] == 16
-    run(["index", "info", index])
+    cli(["index", "info", index])
     text = capsys.readouterr().out
     assert "48 images, 16-bit codes" in text and "metadata-000002.sqlite" in text
 
-    run(["search", index, files[0], files[10], "--top", "3", "--json", "--device", "cpu"])
+    cli(["search", index, files[0], files[10], "--top", "3", "--json", "--device", "cpu"])
     found = json.loads(capsys.readouterr().out)
     expected = Index.load(index).search_images(files[:1] + files[10:11], k=3)
     assert [[(hit["rank"], hit["distance"], hit["id"], hit["path"], hit["label"]) for hit in query["hits"]]
             for query in found["queries"]] == \
         [[(rank, hit.distance, hit.id, hit.path, hit.label) for rank, hit in enumerate(hits, 1)] for hits in expected]
     assert found["encode_ms"] > 0 and found["search_ms"] > 0
-    run(["search", index, files[0], "--radius", "0"])
+    cli(["search", index, files[0], "--radius", "0"])
     text = capsys.readouterr().out
     assert "(within distance 0)" in text and f"{files[0]}  0" in text and "encode " in text
 
     with pytest.raises(SystemExit):
-        run(["search", index, files[0], "--top", "3", "--radius", "1"])
+        cli(["search", index, files[0], "--top", "3", "--radius", "1"])
     assert "not allowed with argument" in capsys.readouterr().err
     with pytest.raises(DahpError, match="k must be an integer >= 1, got 0"):
-        run(["search", index, files[0], "--top", "0"])
+        cli(["search", index, files[0], "--top", "0"])
     with pytest.raises(DahpError, match="cannot read image .*labels.csv"):
-        run(["search", index, folder / "labels.csv"])
+        cli(["search", index, folder / "labels.csv"])
     with pytest.raises(DahpError, match="batch_size must be an integer >= 1, got 0"):
-        run(["index", "add", index, folder / "folder", "--batch-size", "0", "--quiet"])
+        cli(["index", "add", index, folder / "folder", "--batch-size", "0", "--quiet"])
     with pytest.raises(DahpError, match="is not the model index"):
-        run(["index", "add", index, folder / "folder", "--model", other_model_path, "--quiet"])
+        cli(["index", "add", index, folder / "folder", "--model", other_model_path, "--quiet"])
     assert Index.load(index).count == 48

@@ -1,7 +1,6 @@
 """The Milvus backend (on embedded Milvus Lite) answers exactly like the faiss backend, survives crashes, and
 reports bad databases clearly."""
 
-import argparse
 import json
 import subprocess
 import sys
@@ -21,7 +20,6 @@ from dahp.hasher import DeepHasher  # noqa: E402
 from dahp.index import FaissEngine, Index  # noqa: E402
 from dahp.index import milvus as milvus_module  # noqa: E402
 from dahp.index import store as store_module  # noqa: E402
-from dahp.index.commands import add_index_commands  # noqa: E402
 from dahp.index.milvus import MilvusEngine  # noqa: E402
 from dahp.models import ModelConfig  # noqa: E402
 from dahp.training import TrainConfig  # noqa: E402
@@ -212,30 +210,16 @@ def test_index_on_milvus_lite_matches_faiss_and_survives_a_crashed_add(model_pat
     assert_same(Index.load(tmp_path / "milvus", device="cpu"))
 
 
-def run(argv):
-    parser = argparse.ArgumentParser(prog="dahp")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    def command(name, handler, help_text):
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(handler=handler)
-        return sub
-
-    add_index_commands(command)
-    args = parser.parse_args([str(arg) for arg in argv])
-    args.handler(args)
-
-
-def test_cli_builds_a_milvus_index_at_a_uri(model_path, tmp_path, capsys):
+def test_cli_builds_a_milvus_index_at_a_uri(cli, model_path, tmp_path, capsys):
     uri = tmp_path / "codes.db"
-    run(["index", "build", model_path, "digits", "-o", tmp_path / "index", "--backend", "milvus", "--uri", uri,
+    cli(["index", "build", model_path, "digits", "-o", tmp_path / "index", "--backend", "milvus", "--uri", uri,
          "--device", "cpu", "--quiet"])
     assert f"indexed {DIGITS} images of digits" in capsys.readouterr().out
-    run(["index", "info", tmp_path / "index"])
+    cli(["index", "info", tmp_path / "index"])
     out = capsys.readouterr().out
     assert "backend milvus: pymilvus_version" in out and f"uri {uri}, collection dahp_" in out and uri.is_file()
     with pytest.raises(DahpError, match="a uri is for the milvus backend"):
-        run(["index", "build", model_path, "digits", "-o", tmp_path / "other", "--uri", uri, "--quiet"])
+        cli(["index", "build", model_path, "digits", "-o", tmp_path / "other", "--uri", uri, "--quiet"])
 
 
 # --- errors ------------------------------------------------------------------------------
