@@ -151,7 +151,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     hasher = DeepHasher.load(args.model, device=args.device)
     data = _collection(args, args.images)
     started = time.perf_counter()
-    codes = hasher.encode(data, batch_size=args.batch_size, workers=args.workers)
+    codes = hasher.encode(data, batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
     seconds = time.perf_counter() - started
     atomic_write_npz(args.output, codes=codes, bits=np.int64(hasher.bits), labels=data.labels,
                      names=np.array(data.names()), class_names=np.array(data.class_names))
@@ -333,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("model", help="model file (model.dahp)")
     encode.add_argument("images", help=SOURCE_HELP)
     encode.add_argument("-o", "--output", required=True, type=Path, help="output .npz")
+    encode.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_source_options(encode)
     _add_runtime_options(encode)
 

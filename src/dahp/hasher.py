@@ -12,6 +12,7 @@ from typing import IO, Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import __version__
 from .anchors import AnchorSet, generate_anchors
@@ -133,19 +134,25 @@ class DeepHasher:
         return self.model_
 
     @torch.inference_mode()
-    def encode_real(self, data: ImageCollection, batch_size: int = 256, workers: int = 0) -> np.ndarray:
+    def encode_real(
+        self, data: ImageCollection, batch_size: int = 256, workers: int = 0, progress: bool = False
+    ) -> np.ndarray:
         """Real-valued network outputs ``b`` (n, bits); their signs are the codes."""
         model = self._require_fitted().to(self.device).eval()
         outputs = []
         order = np.arange(len(data))
-        for images, _ in iterate_batches(data, order, batch_size, self.preprocess, workers):
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                outputs.append(model(images.to(self.device)).float().cpu())
+        with tqdm(total=len(data), desc="encoding", unit="img", disable=not progress) as bar:
+            for images, indices in iterate_batches(data, order, batch_size, self.preprocess, workers):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                    outputs.append(model(images.to(self.device)).float().cpu())
+                bar.update(len(indices))
         return torch.cat(outputs).numpy()
 
-    def encode(self, data: ImageCollection, batch_size: int = 256, workers: int = 0) -> np.ndarray:
+    def encode(
+        self, data: ImageCollection, batch_size: int = 256, workers: int = 0, progress: bool = False
+    ) -> np.ndarray:
         """Packed codes: (n, ceil(bits/8)) ``uint8``, bit = 1 where b > 0."""
-        return pack_codes(self.encode_real(data, batch_size, workers))
+        return pack_codes(self.encode_real(data, batch_size, workers, progress))
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[str | Path | IO[bytes]]) -> np.ndarray:

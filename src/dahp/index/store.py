@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..data import ImageCollection, load_source
 from ..errors import DahpError
@@ -86,18 +85,11 @@ def _model_identity(path: str | Path) -> tuple[str, int]:
 def _encode_source(hasher: DeepHasher, images_spec: str, batch_size: int, workers: int, skip_bad: bool,
                    image_root: str | Path | None, cache_dir: str | Path | None,
                    progress: bool) -> tuple[ImageCollection, np.ndarray]:
-    """Load a data source and encode it in chunks, so a progress bar can follow a long run."""
+    """Load a data source and encode it (with a progress bar)."""
     batch_size = _check_int(batch_size, "batch_size", 1)
     workers = _check_int(workers, "workers", 0)
     data = load_source(images_spec, image_root=image_root, cache_dir=cache_dir, skip_bad=skip_bad)
-    chunk = batch_size * max(1, workers) * 4
-    parts = []
-    with tqdm(total=len(data), desc="encoding", unit="img", disable=not progress) as bar:
-        for start in range(0, len(data), chunk):
-            part = data.subset(np.arange(start, min(start + chunk, len(data))))
-            parts.append(hasher.encode(part, batch_size=batch_size, workers=workers))
-            bar.update(len(part))
-    return data, np.concatenate(parts)
+    return data, hasher.encode(data, batch_size=batch_size, workers=workers, progress=progress)
 
 
 def _new_engine(backend: str, bits: int, uri: str | None, target: Path) -> HammingEngine:
