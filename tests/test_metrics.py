@@ -40,13 +40,15 @@ def reference_map(query_bits, database_bits, query_labels, database_labels, top_
     return total / len(query_bits)
 
 
-def random_case(seed: int, multi_label: bool, bits: int = 4, n_query: int = 13, n_database: int = 50):
+def random_case(
+    seed: int, multi_label: bool, bits: int = 4, n_query: int = 13, n_database: int = 50, label_density: float = 0.25
+):
     rng = np.random.default_rng(seed)
     query_bits = rng.integers(0, 2, size=(n_query, bits))
     database_bits = rng.integers(0, 2, size=(n_database, bits))
     if multi_label:
-        query_labels = (rng.random((n_query, 5)) < 0.25).astype(np.uint8)
-        database_labels = (rng.random((n_database, 5)) < 0.25).astype(np.uint8)
+        query_labels = (rng.random((n_query, 5)) < label_density).astype(np.uint8)
+        database_labels = (rng.random((n_database, 5)) < label_density).astype(np.uint8)
     else:
         query_labels = rng.integers(0, 4, size=n_query)
         database_labels = rng.integers(0, 4, size=n_database)
@@ -250,17 +252,10 @@ def reference_rank(distances, flags, n):
 
 def tie_heavy_case(seed: int, multi_label: bool, bits: int, n_query: int = 11, n_database: int = 40):
     """Random codes with many ties; at least one query has no relevant database item."""
-    rng = np.random.default_rng(seed)
-    query_bits = rng.integers(0, 2, size=(n_query, bits))
-    database_bits = rng.integers(0, 2, size=(n_database, bits))
-    if multi_label:
-        query_labels = (rng.random((n_query, 5)) < 0.3).astype(np.uint8)
-        database_labels = (rng.random((n_database, 5)) < 0.3).astype(np.uint8)
-        query_labels[0] = 0
-    else:
-        query_labels = rng.integers(0, 4, size=n_query)
-        database_labels = rng.integers(0, 4, size=n_database)
-        query_labels[0] = 7  # a class absent from the database
+    query_bits, database_bits, query_labels, database_labels = random_case(
+        seed, multi_label, bits, n_query, n_database, label_density=0.3
+    )
+    query_labels[0] = 0 if multi_label else 7  # no label / a class absent from the database
     return query_bits, database_bits, query_labels, database_labels
 
 
