@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dahp.data import ImageCollection, Preprocess, iterate_batches, load_source
-from dahp.losses import DAHPLoss, anchor_targets
+from dahp.losses import DAHPLoss, LossInputs, anchor_targets
 from dahp.models import HashingNetwork, ModelConfig
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -51,7 +51,7 @@ def training_rate(batch: int, steps: int, device: torch.device) -> float:
     loss_fn = DAHPLoss()
 
     def step() -> None:
-        loss, _ = loss_fn(net(images), labels, targets)
+        loss, _ = loss_fn(LossInputs.within_batch(net(images), labels, targets))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

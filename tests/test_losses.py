@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from dahp.losses import DAHPLoss, anchor_mse, anchor_targets, pairwise_nll, quantization_error, similarity
+from dahp.losses import DAHPLoss, LossInputs, anchor_mse, anchor_targets, pairwise_nll, quantization_error, similarity
 
 
 def _naive_pairwise(codes_a, codes_b, similar):
@@ -44,7 +44,7 @@ def test_gradient_matches_paper_equation_13():
     anchors = torch.sign(torch.randn(3, 6, dtype=torch.float64))
     targets = anchor_targets(labels.double(), anchors, torch.ones(6, dtype=torch.float64))
     weight = 0.05
-    loss, _ = DAHPLoss(anchor_weight=weight)(codes, labels, targets)
+    loss, _ = DAHPLoss(anchor_weight=weight)(LossInputs.within_batch(codes, labels, targets))
     loss.backward()
     b, s = codes.detach(), similarity(labels, labels).double()
     a = torch.sigmoid(0.5 * b @ b.T)
@@ -64,7 +64,8 @@ def test_loss_passes_gradcheck(with_memory):
     loss = DAHPLoss(anchor_weight=0.05, quantization_weight=0.1)
 
     def objective(x):
-        return loss(x, labels, targets, *(memory if with_memory else (None, None)))[0]
+        paired = memory if with_memory else (x, labels)
+        return loss(LossInputs(x, labels, targets, *paired))[0]
 
     assert torch.autograd.gradcheck(objective, (codes,))
 
@@ -89,7 +90,8 @@ def test_anchor_and_quantization_terms():
 def test_anchor_weight_zero_drops_the_anchor_term():
     codes = torch.randn(3, 4)
     labels = torch.eye(3)
-    loss_on, parts_on = DAHPLoss(0.05)(codes, labels, torch.ones(3, 4))
-    loss_off, parts_off = DAHPLoss(0.0)(codes, labels, torch.ones(3, 4))
+    inputs = LossInputs.within_batch(codes, labels, torch.ones(3, 4))
+    loss_on, parts_on = DAHPLoss(0.05)(inputs)
+    loss_off, parts_off = DAHPLoss(0.0)(inputs)
     assert "anchor" in parts_on and "anchor" not in parts_off
     assert loss_on.item() == pytest.approx(loss_off.item() + 0.05 * parts_on["anchor"])

@@ -114,9 +114,22 @@ def cmd_data_describe(args: argparse.Namespace) -> None:
     print(describe(data, protocol.split(data)))
 
 
+def cmd_methods(args: argparse.Namespace) -> None:
+    from .methods import get_method, list_methods
+
+    for name in list_methods():
+        method = get_method(name)
+        kind = "network" if method.deep else "fixed features"
+        print(f"{name:<10} {method.title:<34} [{kind}] {method.citation}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
     from .data import default_preprocess, save_protocol
+    from .distributed import is_main_process
     from .hasher import MODEL_FILE, DeepHasher
+    from .methods import get_method
     from .models import ModelConfig
     from .training import TrainConfig
 
@@ -124,24 +137,31 @@ def cmd_train(args: argparse.Namespace) -> None:
     protocol = _protocol(args, "all")
     split = protocol.split(data)
     train = data.subset(split.train)
-    model = ModelConfig(bits=args.bits, output_stride=args.output_stride, small_stem=args.small_stem,
-                        attention=not args.no_attention, hidden_dim=args.hidden_dim)
+    method = get_method(args.method)
+    base = ModelConfig(bits=args.bits, backbone=args.backbone or "resnet18", output_stride=args.output_stride,
+                       small_stem=args.small_stem, hidden_dim=args.hidden_dim)
+    model = method.model_config(base, attention=args.attention) if args.backbone is None else replace(
+        base, attention=method.attention if args.attention is None else args.attention)
     config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+        method=args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, optimizer=args.optimizer, schedule=args.schedule,
         anchor_weight=args.anchor_weight, quantization_weight=args.quantization_weight, pairs=args.pairs,
-        seed=args.seed, workers=args.workers,
+        augment=args.augment, seed=args.seed, workers=args.workers,
     )
     hasher = DeepHasher(model, config, default_preprocess(args.data, args.image_size), weights=args.weights,
                         device=args.device, progress=not args.quiet)
-    print(f"training on {len(train)} images of {args.data} ({train.num_classes} classes; protocol "
-          f"{protocol.name}, seed {protocol.seed}), {args.bits} bits, device {hasher.device}")
-    save_protocol(Path(args.out) / "protocol.json", protocol, split)
+    rank0 = is_main_process()  # under torchrun, rank 0 alone prints and writes files
+    if rank0:
+        print(f"training {hasher.method_name()} ({model.backbone}) on {len(train)} images of {args.data} "
+              f"({train.num_classes} classes; protocol {protocol.name}, seed {protocol.seed}), {args.bits} bits, "
+              f"device {hasher.device}")
+        save_protocol(Path(args.out) / "protocol.json", protocol, split)
     hasher.fit(train, out_dir=args.out, resume=args.resume, data_spec=_data_record(args, protocol, split))
-    print(f"backbone: {hasher.weights_note_}")
-    last = hasher.history_[-1]
-    print(f"epoch {last['epoch']}: loss {last['loss']:.4f}, {last['images_per_s']:.0f} images/s")
-    print(f"model saved to {Path(args.out) / MODEL_FILE}")
+    if rank0:
+        print(f"backbone: {hasher.weights_note_}")
+        last = hasher.history_[-1]
+        print(f"epoch {last['epoch']}: loss {last['loss']:.4f}, {last['images_per_s']:.0f} images/s")
+        print(f"model saved to {Path(args.out) / MODEL_FILE}")
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
@@ -228,6 +248,31 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print("wrote " + ", ".join(str(file) for file in files))
 
 
+def _bits_list(text: str) -> list[int]:
+    try:
+        return [_bits(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated code lengths like 12,24,32,48: {exc}") from None
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    from .benchmark import Budget, plan_runs, run_benchmark, split_data
+    from .methods import parse_methods
+
+    budget = Budget.load(args.budget)
+    methods = parse_methods(args.methods)
+    source = args.data or budget.dataset
+    data = _collection(args, source)
+    shared = split_data(data, source, budget, args.split_seed)
+    plans = plan_runs(methods, args.bits, budget, data.num_classes, args.seed)
+    print(f"benchmark {budget.name}: {len(plans)} runs ({', '.join(m.name for m in methods)} x "
+          f"{', '.join(map(str, args.bits))} bits) on {source}: {shared.record['sizes']}")
+    started = time.perf_counter()
+    run_benchmark(shared, plans, budget, args.out, seed=args.seed, device=args.device, progress=not args.quiet)
+    print((Path(args.out) / "results.md").read_text())
+    print(f"wall time {time.perf_counter() - started:.0f} s; report in {args.out}/results.md and {args.out}/evaluation/")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     try:
         import uvicorn
@@ -299,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="fail unless every pair of anchors is at least H bits apart")
     anchors.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    command("methods", cmd_methods, "list the hashing methods (DAHP, its ablations, the baselines)")
+
     train = command("train", cmd_train, "train a DAHP model; checkpoints every epoch into --out")
     train.add_argument("--data", required=True, help=SOURCE_HELP)
     train.add_argument("--out", required=True, type=Path, help="run directory (checkpoint.dahp, model.dahp)")
@@ -313,17 +360,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=float, default=1e-5)
     train.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     train.add_argument("--schedule", choices=("constant", "cosine", "step"), default="constant")
-    train.add_argument("--anchor-weight", type=float, default=0.05, help="lambda of the anchor loss (0: off)")
-    train.add_argument("--quantization-weight", type=float, default=0.0, help="DPSH's quantization term weight")
+    train.add_argument("--method", default="dahp", help="loss and network variant (list them: dahp methods)")
+    train.add_argument("--anchor-weight", type=float, default=None,
+                       help="lambda of DAHP's anchor loss (default 0.05; 0: off)")
+    train.add_argument("--quantization-weight", type=float, default=None,
+                       help="weight of the method's quantisation term (default: the method's published value)")
+    train.add_argument("--augment", default="none",
+                       help="training augmentation: none, flip (random flips) or flip-crop (also padded random crops)")
     train.add_argument("--pairs", choices=("memory", "batch"), default="memory",
                        help="pair each batch with a memory of all training codes (DPSH) or only with itself")
     train.add_argument("--image-size", type=_positive_int, default=None, help="input resolution (default 224; digits: 8)")
     train.add_argument("--output-stride", type=int, choices=(2, 4, 8, 16, 32), default=8)
     train.add_argument("--small-stem", action="store_true", help="3x3 stride-1 stem without max-pool, for small images")
-    train.add_argument("--no-attention", action="store_true", help="plain ResNet-18 (ablation DAHP-v1)")
+    train.add_argument("--backbone", default=None,
+                       help="resnet18 (default), alexnet (DPSH's default) or efficientnet_lite0")
+    train.add_argument("--attention", action=argparse.BooleanOptionalAction, default=None,
+                       help="dual attention on/off (default: the method's; dahp and dahp-v2 use it)")
     train.add_argument("--hidden-dim", type=_positive_int, default=1000)
     train.add_argument("--weights", default=None,
-                       help="torchvision ResNet-18 state dict file, or 'none' (default: torchvision's cache if present)")
+                       help="backbone state dict file, or 'none' (default: the backbone's pretrained weights "
+                            "when they are on this machine)")
     train.add_argument("--seed", type=_non_negative_int, default=0)
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     train.add_argument("--workers", type=_non_negative_int, default=0, help="image-decoding processes")
@@ -352,6 +408,23 @@ def build_parser() -> argparse.ArgumentParser:
                           help="report folder: results.json, results.md, PNG plots (default ./dahp-evaluation)")
     evaluate.add_argument("--json", action="store_true", help="print the headline figures as JSON")
     _add_runtime_options(evaluate)
+
+    benchmark = command("benchmark", cmd_benchmark,
+                        "train and evaluate several methods on one split and budget; Tables III/IV (resumable)")
+    benchmark.add_argument("--data", "--dataset", dest="data", default=None,
+                           help="the collection (default: the budget's dataset, e.g. cifar10). " + SOURCE_HELP)
+    benchmark.add_argument("--methods", default="dahp,dahp-v1,dahp-v2,dpsh",
+                           help="comma-separated method names or 'all' (list them: dahp methods)")
+    benchmark.add_argument("--bits", type=_bits_list, default=[48], help="code lengths, e.g. 12,24,32,48")
+    benchmark.add_argument("--budget", default="smoke",
+                           help="smoke, cpu, cpu-pretrained, paper, or a budget JSON file")
+    benchmark.add_argument("--out", type=Path, required=True,
+                           help="results folder; rerunning skips finished runs and resumes interrupted ones")
+    benchmark.add_argument("--seed", type=_non_negative_int, default=0, help="initialisation and data-order seed")
+    benchmark.add_argument("--split-seed", type=_non_negative_int, default=0, help="seed of the protocol's split")
+    benchmark.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    benchmark.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_source_options(benchmark)
 
     add_export_command(command)
     add_index_commands(command)

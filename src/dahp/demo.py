@@ -61,7 +61,7 @@ def run_demo(
          f"{len(split.query)} queries, {len(split.train)} training, {len(split.database)} database")
     model = ModelConfig(bits=bits, output_stride=4, small_stem=True)
     dahp_config = TrainConfig(epochs=epochs, seed=seed, schedule="cosine", pairs="batch")
-    ablation_config = replace(dahp_config, anchor_weight=0.0, quantization_weight=0.1)
+    ablation_config = replace(dahp_config, method="dahp-v2")  # DPSH's loss: the anchor loss off
     runs = []
     for name, config in (("DAHP (pairwise + anchor loss)", dahp_config),
                          ("DPSH loss (anchor loss off)", ablation_config)):

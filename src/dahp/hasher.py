@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, distributed
 from .anchors import AnchorSet, generate_anchors
 from .codes import pack_codes
 from .data import ImageCollection, Preprocess, decode_image, iterate_batches
 from .errors import DahpError
+from .methods import get_method
 from .models import HashingNetwork, ModelConfig, init_backbone
 from .serialization import load_file, save_file
 from .training import TrainConfig, Trainer, resolve_device
@@ -58,11 +59,11 @@ class DeepHasher:
         return self.model_config.bits
 
     def method_name(self) -> str:
-        """The paper's name for this configuration (Table III), to group runs in reports."""
-        anchor = self.train_config.anchor_weight > 0
-        if self.model_config.attention:
-            return "DAHP" if anchor else "DAHP-v2 (no anchor loss)"
-        return "ResNet-18 + anchor loss" if anchor else "DAHP-v1 (ResNet-18, pairwise loss)"
+        """The method's name in the paper's tables, noting a network variant that differs from it."""
+        method = get_method(self.train_config.method)
+        if self.model_config.attention == method.attention:
+            return method.title
+        return f"{method.title}, {'with' if self.model_config.attention else 'without'} dual attention"
 
     def _header(self) -> dict[str, Any]:
         assert self.anchors_ is not None
@@ -85,7 +86,11 @@ class DeepHasher:
         resume: bool = False,
         data_spec: dict[str, Any] | None = None,
     ) -> DeepHasher:
-        """Train on ``data``; with ``out_dir``, checkpoint there each epoch and save the model file."""
+        """Train on ``data``; with ``out_dir``, checkpoint there each epoch and save the model file.
+
+        Under ``torchrun`` every process trains its shard of each batch (``dahp.training``)
+        and ends with the same model; rank 0 alone writes the checkpoints and the model file.
+        """
         out = Path(out_dir) if out_dir is not None else None
         checkpoint = out / CHECKPOINT_FILE if out is not None else None
         if resume and (checkpoint is None or not checkpoint.is_file()):
@@ -95,6 +100,10 @@ class DeepHasher:
         self.anchors_ = generate_anchors(self.bits, data.num_classes, seed=self.train_config.seed)
         torch.manual_seed(self.train_config.seed)
         model = HashingNetwork(self.model_config)
+        smallest = getattr(model.backbone, "min_image_size", 1)
+        if self.preprocess.image_size < smallest:
+            raise DahpError(f"backbone {self.model_config.backbone} needs inputs of at least {smallest} px; "
+                            f"the image size is {self.preprocess.image_size} (set --image-size)")
         self.weights_note_ = "restored from checkpoint" if resume else init_backbone(model.backbone, self.weights)
         trainer = Trainer(
             model,
@@ -113,8 +122,9 @@ class DeepHasher:
         trainer.checkpoint_header = self._header()
         self.history_ = trainer.fit(data)
         self.model_ = model
-        if out is not None:
+        if out is not None and distributed.is_main_process():
             self.save(out / MODEL_FILE)
+        distributed.barrier()  # under torchrun, the others wait for rank 0's files
         return self
 
     def _check_same_run(self, header: dict[str, Any], path: Path) -> None:

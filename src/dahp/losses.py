@@ -51,7 +51,50 @@ def quantization_error(codes: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class DAHPLoss:
+class LossInputs:
+    """What every hashing loss sees for one batch.
+
+    ``codes`` are the batch's activated outputs (with gradient); ``paired_codes`` and
+    ``paired_labels`` are what the batch is paired with: the batch itself, or the memory
+    of (detached) codes of the whole training set. ``targets`` are each image's ±1 anchor
+    (DAHP) or hash centre (CSQ). ``step`` counts optimiser steps (HashNet's continuation).
+    """
+
+    codes: Tensor
+    labels: Tensor
+    targets: Tensor
+    paired_codes: Tensor
+    paired_labels: Tensor
+    step: int = 0
+
+    @classmethod
+    def within_batch(cls, codes: Tensor, labels: Tensor, targets: Tensor, step: int = 0) -> LossInputs:
+        return cls(codes, labels, targets, codes, labels, step)
+
+
+class HashLoss:
+    """A method's objective: ``activate`` maps raw outputs to codes, ``__call__`` scores a batch.
+
+    Every loss is a mean over the batch's images (of per-image terms that may sum over
+    pairs), so shards of one batch on several processes average to the same value.
+    Codes are always ``sign(raw output)``: every ``activate`` must preserve signs.
+    """
+
+    def activate(self, outputs: Tensor, step: int) -> Tensor:
+        return outputs
+
+    def __call__(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+
+def weighted_sum(terms: dict[str, tuple[float, Tensor]]) -> tuple[Tensor, dict[str, float]]:
+    """The loss ``Σ weight * value`` and each unweighted value, for the training log."""
+    total = sum(weight * value for weight, value in terms.values())
+    return total, {name: float(value.detach()) for name, (_, value) in terms.items()}  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class DAHPLoss(HashLoss):
     """The full objective (eq. 10) with DAHP's defaults.
 
     ``anchor_weight=0, quantization_weight=0.1`` is DPSH's loss (Li et al., IJCAI 2016,
@@ -62,32 +105,12 @@ class DAHPLoss:
     anchor_weight: float = 0.05
     quantization_weight: float = 0.0
 
-    def __call__(
-        self,
-        codes: Tensor,
-        labels: Tensor,
-        targets: Tensor,
-        memory_codes: Tensor | None = None,
-        memory_labels: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, float]]:
-        """Loss for a batch; pairs are batch x batch, or batch x memory when one is given.
-
-        The memory holds (detached) codes of the whole training set, DPSH's reference
-        setup: every step then sees every class, not only those in the batch.
-        """
-        if memory_codes is None:
-            pairwise = pairwise_nll(codes, codes, similarity(labels, labels))
-        else:
-            assert memory_labels is not None
-            pairwise = pairwise_nll(codes, memory_codes, similarity(labels, memory_labels))
-        loss = pairwise
-        parts = {"pairwise": float(pairwise.detach())}
+    def __call__(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
+        codes = inputs.codes
+        similar = similarity(inputs.labels, inputs.paired_labels)
+        terms = {"pairwise": (1.0, pairwise_nll(codes, inputs.paired_codes, similar))}
         if self.anchor_weight:
-            anchor = anchor_mse(codes, targets)
-            loss = loss + self.anchor_weight * anchor
-            parts["anchor"] = float(anchor.detach())
+            terms["anchor"] = (self.anchor_weight, anchor_mse(codes, inputs.targets))
         if self.quantization_weight:
-            quantization = quantization_error(codes)
-            loss = loss + self.quantization_weight * quantization
-            parts["quantization"] = float(quantization.detach())
-        return loss, parts
+            terms["quantization"] = (self.quantization_weight, quantization_error(codes))
+        return weighted_sum(terms)

@@ -4,6 +4,12 @@ Reproducibility on CPU: the network is initialised from ``seed``, and epoch ``e`
 visits the training images in a permutation drawn from ``(seed, e)`` alone, so a run
 resumed from the checkpoint of epoch ``e`` replays epochs ``e+1...`` exactly as an
 uninterrupted run would (the checkpoint also holds optimiser, schedule and memory).
+
+Under ``torchrun --nproc_per_node N`` (``dahp.distributed``) ``batch_size`` is the global
+batch: every process walks the same order, takes a contiguous shard of each batch, and
+the run equals one process training on the whole batch, up to float rounding (pairs
+span the whole batch, batch normalisation uses its statistics, and each shard's loss is
+weighted by its share of the batch). Rank 0 alone writes checkpoints and shows progress.
 """
 
 from __future__ import annotations
@@ -19,21 +25,29 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import ImageCollection, Preprocess, iterate_batches
 from .errors import DahpError
-from .losses import DAHPLoss, anchor_targets
+from .losses import LossInputs, anchor_targets
+from .methods import LossSettings, get_method
 from .serialization import load_file, save_file
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
 PAIR_MODES = ("memory", "batch")
+AUGMENTATIONS = ("none", "flip", "flip-crop")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings. Defaults are the paper's (§IV-A: SGD, batch 128, lr 0.04);
-    the paper gives no schedule or weight decay, so those default to none / DPSH's 1e-5."""
+    the paper gives no schedule or weight decay, so those default to none / DPSH's 1e-5.
 
+    ``method`` names the loss (``dahp.methods``); ``anchor_weight`` and
+    ``quantization_weight`` left at ``None`` take that method's published values.
+    """
+
+    method: str = "dahp"
     epochs: int = 50
     batch_size: int = 128
     lr: float = 0.04
@@ -41,9 +55,10 @@ class TrainConfig:
     weight_decay: float = 1e-5
     optimizer: str = "sgd"
     schedule: str = "constant"
-    anchor_weight: float = 0.05
-    quantization_weight: float = 0.0
+    anchor_weight: float | None = None
+    quantization_weight: float | None = None
     pairs: str = "memory"
+    augment: str = "none"
     seed: int = 0
     workers: int = 0
 
@@ -53,16 +68,22 @@ class TrainConfig:
             (self.batch_size >= 2, f"--batch-size must be >= 2, got {self.batch_size}"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
-            (self.anchor_weight >= 0, f"--anchor-weight must be >= 0, got {self.anchor_weight}"),
-            (self.quantization_weight >= 0, f"--quantization-weight must be >= 0, got {self.quantization_weight}"),
+            ((self.anchor_weight or 0) >= 0, f"--anchor-weight must be >= 0, got {self.anchor_weight}"),
+            ((self.quantization_weight or 0) >= 0, f"--quantization-weight must be >= 0, got {self.quantization_weight}"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {SCHEDULES}, got {self.schedule!r}"),
             (self.pairs in PAIR_MODES, f"--pairs must be one of {PAIR_MODES}, got {self.pairs!r}"),
+            (self.augment in AUGMENTATIONS, f"--augment must be one of {AUGMENTATIONS}, got {self.augment!r}"),
             (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise DahpError(message)
+        if not get_method(self.method).deep:
+            raise DahpError(f"--method {self.method} works on fixed features; it does not train a network")
+
+    def loss_settings(self, bits: int) -> LossSettings:
+        return LossSettings(bits, self.anchor_weight, self.quantization_weight)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,14 +99,17 @@ class TrainingDiverged(DahpError):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``--device`` names; under torchrun a CUDA device is this process's own GPU, ``cuda:LOCAL_RANK``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise DahpError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DahpError("--device cuda was asked for but no CUDA device is available")
+    if device.type == "cuda" and distributed.launched():
+        return torch.device("cuda", distributed.local_rank())
     return device
 
 
@@ -112,9 +136,40 @@ def epoch_order(size: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(size)
 
 
+def augment_batch(
+    images: torch.Tensor, mode: str, generator: torch.Generator, rows: slice | None = None, batch: int | None = None
+) -> torch.Tensor:
+    """Random horizontal flips (``flip``), plus random crops from a zero-padded image
+    (padding 1/8 of the side, CIFAR's usual 4 px at 32 px) for ``flip-crop``.
+
+    ``images`` may be the ``rows`` of a batch of ``batch`` images (one process's shard):
+    the draws are made for the whole batch, so every image gets the same flip and crop
+    as when one process augments the whole batch.
+    Zero padding happens after normalisation, i.e. it pads with the mean colour.
+    """
+    if mode == "none":
+        return images
+    n, _, height, width = images.shape
+    rows, batch = rows or slice(0, n), batch or n
+    flip = (torch.rand(batch, generator=generator) < 0.5)[rows]
+    images = torch.where(flip.view(n, 1, 1, 1), images.flip(-1), images)
+    if mode == "flip":
+        return images
+    pad = max(1, height // 8)
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    offsets = torch.randint(0, 2 * pad + 1, (batch, 2), generator=generator)[rows].tolist()
+    return torch.stack([padded[i, :, y : y + height, x : x + width] for i, (y, x) in enumerate(offsets)])
+
+
 @dataclass
 class Trainer:
-    """Trains a hashing network against anchors on one collection; checkpoints each epoch."""
+    """Trains a hashing network against anchors on one collection; checkpoints each epoch.
+
+    Under torchrun it joins the process group (``dahp.distributed.setup``, which leaves
+    it at exit). HashNet is the one loss that is then not exactly the single-process
+    one: its class-balance weights count the similar and dissimilar pairs of each
+    process's shard, not of the whole batch.
+    """
 
     model: nn.Module
     anchors: torch.Tensor  # (k, c) in ±1
@@ -126,16 +181,23 @@ class Trainer:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        distributed.setup(self.device)
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        if self.config.batch_size < self.world:
+            raise DahpError(f"--batch-size is the global batch, split over the {self.world} processes; "
+                            f"it must be at least {self.world}, got {self.config.batch_size}")
         self.model.to(self.device)
+        self.network = distributed.wrap_model(self.model, self.device)  # self.model itself in one process
         self.optimizer = _optimizer(self.model, self.config)
         self.scheduler = _scheduler(self.optimizer, self.config)
-        self.loss = DAHPLoss(self.config.anchor_weight, self.config.quantization_weight)
+        self.loss = get_method(self.config.method).loss(self.config.loss_settings(self.anchors.shape[1]))
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
         self.memory: torch.Tensor | None = None
         tie_rng = np.random.default_rng([self.config.seed, 1])
         self.tie_breaker = torch.from_numpy(tie_rng.choice([-1.0, 1.0], size=self.anchors.shape[1])).float()
         self.amp = self.device.type == "cuda"
+        self.progress = self.progress and distributed.is_main_process()
 
     def fit(self, data: ImageCollection) -> list[dict[str, float]]:
         if data.num_classes != self.anchors.shape[0]:
@@ -147,48 +209,80 @@ class Trainer:
         for epoch in range(self.start_epoch, self.config.epochs):
             self._run_epoch(epoch, data, labels, targets)
             self.scheduler.step()
-            if self.checkpoint_path is not None:
+            if self.checkpoint_path is not None and distributed.is_main_process():
                 self.save_checkpoint(epoch + 1)
         return self.history
 
+    def _shards(self, order: np.ndarray) -> tuple[list[tuple[np.ndarray, list[int], slice]], np.ndarray]:
+        """The epoch's global batches with their shard sizes and this rank's rows, and this
+        rank's shards end to end (the images it loads).
+
+        BatchNorm cannot train on one image, nor can a process on none, so a last batch of
+        fewer than ``max(2, world)`` images is dropped (its images come again next epoch).
+        A partial last batch never gives a rank more rows than a full one, so fixed-size
+        chunks of this rank's shards end to end are exactly its shards.
+        """
+        batches = [order[i : i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)]
+        if len(batches[-1]) < max(2, self.world):
+            batches.pop()
+        plan = []
+        for batch in batches:
+            sizes = distributed.shard_sizes(len(batch), self.world)
+            start = sum(sizes[: self.rank])
+            plan.append((batch, sizes, slice(start, start + sizes[self.rank])))
+        return plan, np.concatenate([batch[rows] for batch, _, rows in plan]) if plan else order[:0]
+
     def _run_epoch(self, epoch: int, data: ImageCollection, labels: torch.Tensor, targets: torch.Tensor) -> None:
-        self.model.train()
-        order = epoch_order(len(data), self.config.seed, epoch)
+        self.network.train()
+        plan, mine = self._shards(epoch_order(len(data), self.config.seed, epoch))
         totals: dict[str, float] = {}
         seen, started = 0, time.perf_counter()
         bar = tqdm(
             total=len(data), desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="img",
             disable=not self.progress, leave=False,
         )
-        batches = iterate_batches(data, order, self.config.batch_size, self.preprocess, self.config.workers)
-        for step, (images, indices) in enumerate(batches):
-            if len(indices) < 2:  # BatchNorm cannot train on one image; it is seen again next epoch
-                continue
-            index = torch.from_numpy(indices).to(self.device)
+        shard_size = plan[0][1][self.rank] if plan else 1
+        shards = iterate_batches(data, mine, shard_size, self.preprocess, self.config.workers)
+        steps_per_epoch = math.ceil(len(data) / self.config.batch_size)
+        for step, ((batch, sizes, rows), (images, indices)) in enumerate(zip(plan, shards)):
+            global_step = epoch * steps_per_epoch + step
+            if self.config.augment != "none":  # drawn from (seed, step) alone, so a resumed run replays it
+                step_seed = int(np.random.default_rng([self.config.seed, 2, global_step]).integers(2**62))
+                images = augment_batch(
+                    images, self.config.augment, torch.Generator().manual_seed(step_seed), rows, len(batch)
+                )
+            index, batch_index = torch.from_numpy(indices).to(self.device), torch.from_numpy(batch).to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                codes = self.model(images.to(self.device, non_blocking=True))
-            codes = codes.float()
-            if self.memory is not None:
-                self.memory[index] = codes.detach()
-                loss, parts = self.loss(codes, labels[index], targets[index], self.memory, labels)
-            else:
-                loss, parts = self.loss(codes, labels[index], targets[index])
-            if not torch.isfinite(loss):
+                outputs = self.network(images.to(self.device, non_blocking=True))
+            codes = self.loss.activate(outputs.float(), global_step)
+            if self.memory is not None:  # every rank stores the whole batch's codes, as one process would
+                self.memory[batch_index] = distributed.gather_rows(codes.detach(), sizes)
+                inputs = LossInputs(codes, labels[index], targets[index], self.memory, labels, global_step)
+            else:  # this shard's rows against the whole batch, with gradients to every rank's codes
+                paired = distributed.gather_rows(codes, sizes)
+                inputs = LossInputs(codes, labels[index], targets[index], paired, labels[batch_index], global_step)
+            loss, parts = self.loss(inputs)
+            # Losses are means over images, so the ranks' losses weighted by their shard's share
+            # of the batch add up to the batch's mean loss (logged below). DDP averages the
+            # gradients over ranks, hence the extra factor world: the step is the batch's.
+            share = len(indices) / len(batch)
+            logged = torch.tensor([*parts.values(), float(loss.detach())], dtype=torch.float64, device=self.device)
+            values = dict(zip([*parts, "loss"], distributed.sum_over_ranks(logged * share).tolist()))
+            if not math.isfinite(values["loss"]):
                 bar.close()
                 kept = f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path else "no checkpoint"
                 raise TrainingDiverged(
-                    f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; training stopped, "
+                    f"loss became {values['loss']} at epoch {epoch + 1}, step {step + 1}; training stopped, "
                     f"{kept} (untouched); try a lower --lr"
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * (share * self.world)).backward()
             self.optimizer.step()
-            seen += len(indices)
-            parts["loss"] = float(loss.detach())
-            for name, value in parts.items():
-                totals[name] = totals.get(name, 0.0) + value * len(indices)
-            bar.update(len(indices))
-            bar.set_postfix(loss=f"{parts['loss']:.4f}", img_s=f"{seen / (time.perf_counter() - started):.0f}")
+            seen += len(batch)
+            for name, value in values.items():
+                totals[name] = totals.get(name, 0.0) + value * len(batch)
+            bar.update(len(batch))
+            bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{seen / (time.perf_counter() - started):.0f}")
         bar.close()
         seconds = time.perf_counter() - started
         record = {name: total / seen for name, total in totals.items()}

@@ -1,6 +1,6 @@
 """Networks: a backbone registry, DAHP's dual attention and the hashing network."""
 
-from . import resnet  # noqa: F401  (registers the ResNet backbones)
+from . import alexnet, efficientnet, resnet  # noqa: F401  (register the backbones)
 from .attention import ChannelAttention, DualAttention, PositionAttention
 from .hashing import HashingNetwork, ModelConfig
 from .registry import create_backbone, list_backbones, register_backbone

@@ -3,12 +3,37 @@
 Both modules add their attention output to the input through a learnable scale
 (alpha, beta) that starts at 0, so at initialisation each module is the identity and a
 pretrained backbone's features pass through untouched until training decides otherwise.
+
+Cost on CPUs (the head runs on 4x4 maps for 32-px inputs, 12x12 for 96 px):
+
+* Channel attention is ``softmax(A Aᵀ) A`` over C = 512 tokens of H*W dimensions.
+  Written as ``bmm``/``softmax`` it materialises an (n, C, C) matrix (128 MiB for a
+  batch of 128) and its gradient; ``scaled_dot_product_attention`` with ``scale=1``
+  (the same unscaled softmax) runs CPU's fused flash kernel, which never stores it:
+  measured on one thread, 4.6x faster forward and 2.7x with backward at H*W = 16,
+  1.6x and 1.2x at H*W = 144.
+* Position attention keeps ``bmm``: its queries and keys have C/8 dimensions but its
+  values C, which the fused kernel does not take, and SDPA's unfused fallback is the
+  same ``bmm``/softmax plus extra scaling and masking passes. Its (n, H*W, H*W) matrix
+  is small; its cost is the 1x1 convs, so query, key and value run as one conv (the
+  three weights concatenated; the parameters stay separate) on a channels-last map,
+  whose (n, H*W, 2C/8 + C) output the two ``bmm`` read without a transpose.
+* The two fusion convs also run channels-last, which oneDNN's 1x1 convs prefer: with
+  the fused projections, 20% less time for the head at 12x12 (no change at 4x4).
+
+The ONNX exporter traces channel attention's plain ``bmm``/``softmax`` form, which
+every opset the exporter supports has.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def _exporting() -> bool:
+    return torch.onnx.is_in_onnx_export()
 
 
 class PositionAttention(nn.Module):
@@ -24,12 +49,15 @@ class PositionAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
-        query = self.query(x).flatten(2).transpose(1, 2)  # (n, N, c')
-        key = self.key(x).flatten(2)  # (n, c', N)
-        attention = torch.softmax(torch.bmm(query, key), dim=-1)  # S[j, i]: influence of i on j
-        value = self.value(x).flatten(2)  # (n, c, N)
-        out = torch.bmm(value, attention.transpose(1, 2)).view(n, c, h, w)
-        return self.alpha * out + x
+        x = x.contiguous(memory_format=torch.channels_last)  # (n, H, W, C) in memory: positions x channels
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # one 1x1 conv for all three
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        tokens = F.conv2d(x, weight, bias).permute(0, 2, 3, 1).reshape(n, h * w, -1)  # (n, N, 2c' + C), a view
+        reduced = self.query.out_channels
+        query, key, value = tokens.split([reduced, reduced, c], dim=-1)  # (n, N, c'), (n, N, c'), (n, N, C)
+        attention = torch.softmax(torch.bmm(query, key.transpose(1, 2)), dim=-1)  # S[j, i]: influence of i on j
+        out = torch.bmm(attention, value).view(n, h, w, c).permute(0, 3, 1, 2)  # channels-last like x
+        return torch.addcmul(x, self.alpha, out)  # x + alpha * out in one pass
 
 
 class ChannelAttention(nn.Module):
@@ -45,14 +73,20 @@ class ChannelAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
-        flat = x.flatten(2)  # (n, C, N)
-        attention = torch.softmax(torch.bmm(flat, flat.transpose(1, 2)), dim=-1)  # X[j, i]
-        out = torch.bmm(attention, flat).view(n, c, h, w)
-        return self.beta * out + x
+        flat = x.flatten(2)  # (n, C, N): C tokens of N = H*W dimensions
+        if _exporting():
+            attention = torch.softmax(torch.bmm(flat, flat.transpose(1, 2)), dim=-1)  # X[j, i]
+            out = torch.bmm(attention, flat)
+        else:  # the same softmax(A Aᵀ) A, without materialising the (n, C, C) matrix
+            out = F.scaled_dot_product_attention(flat, flat, flat, scale=1.0)
+        return torch.addcmul(x, self.beta, out.view(n, c, h, w))
 
 
 def _fusion_conv(channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(channels, channels, kernel_size=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU())
+    # ReLU in place on BN's output (BN's backward reads its input): one (n, C, H, W) buffer less
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, kernel_size=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
+    )
 
 
 class DualAttention(nn.Module):
@@ -70,4 +104,5 @@ class DualAttention(nn.Module):
         self.channel_transform = _fusion_conv(channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.position_transform(self.position(x)) + self.channel_transform(self.channel(x))
+        channel = self.channel(x).contiguous(memory_format=torch.channels_last)  # as the position branch's output
+        return self.position_transform(self.position(x)) + self.channel_transform(channel)

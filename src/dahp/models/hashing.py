@@ -22,6 +22,7 @@ class ModelConfig:
     small_stem: bool = False
     attention: bool = True
     hidden_dim: int = 1000
+    hash_norm: bool = False
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
@@ -57,7 +58,11 @@ class HashingNetwork(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc1 = nn.Sequential(nn.Linear(channels, config.hidden_dim), nn.ReLU(inplace=True))
         self.hash_layer = nn.Linear(config.hidden_dim, config.bits)
+        # Optional, off in the paper's network: batch-normalised outputs start spread around 0
+        # with unit variance per bit, where a random-init network's outputs are nearly the same
+        # for every image and a pairwise loss alone can sit at that saddle for many epochs.
+        self.hash_norm: nn.Module = nn.BatchNorm1d(config.bits) if config.hash_norm else nn.Identity()
 
     def forward(self, images: Tensor) -> Tensor:
         features = self.attention(self.backbone(images))
-        return self.hash_layer(self.fc1(self.pool(features).flatten(1)))
+        return self.hash_norm(self.hash_layer(self.fc1(self.pool(features).flatten(1))))

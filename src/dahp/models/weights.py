@@ -1,12 +1,16 @@
-"""Loading ImageNet weights into the backbone, from a file or torchvision's local cache.
+"""Loading ImageNet weights into a backbone, from a file or a copy already on this machine.
 
-Nothing here downloads: pretrained weights are used only when the user gives a file
-or torchvision has already cached them; otherwise the caller gets random init and
-a message saying so.
+Nothing here downloads: pretrained weights are used only when the user gives a file or
+a local copy exists (torchvision's cache, an installed weights package); otherwise the
+caller gets random init and a message saying how to get them. Each backbone class says
+where its copy lives and which state dict it expects in a :class:`PretrainedWeights`
+class attribute, ``pretrained_weights``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,12 +19,37 @@ from torch import nn
 from ..errors import DahpError
 
 TORCHVISION_RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision ResNet18_Weights.IMAGENET1K_V1
+TORCHVISION_ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision AlexNet_Weights.IMAGENET1K_V1
 
 
-def torchvision_cached_weights() -> Path | None:
-    """torchvision's ResNet-18 ImageNet file if it is already on this machine."""
-    path = Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_RESNET18_FILE
+def _nowhere() -> Path | None:
+    return None
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """How a backbone class finds and reads its pretrained state dict."""
+
+    description: str
+    """The state dict expected, for error messages: ``"torchvision ResNet-18"``."""
+    dropped_prefixes: tuple[str, ...] = ()
+    """Keys of the classifier the backbone leaves out (``"fc."``)."""
+    locate: Callable[[], Path | None] = _nowhere
+    """The local copy of the weights, or None when this machine has none; never downloads."""
+    how_to_get: str = "pass --weights PATH to use a file"
+    """What a user can do to get them, for the random-init message."""
+
+
+def torchvision_checkpoint(filename: str) -> Path | None:
+    """A file in torchvision's download cache (``$TORCH_HOME/hub/checkpoints``) if it is there."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
     return path if path.is_file() else None
+
+
+def weights_spec(backbone: nn.Module) -> PretrainedWeights:
+    """The backbone's own spec; a backbone without one loads files key for key and has no local copy."""
+    spec = getattr(type(backbone), "pretrained_weights", None)
+    return spec if isinstance(spec, PretrainedWeights) else PretrainedWeights(type(backbone).__name__)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -39,18 +68,20 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_backbone_weights(backbone: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
-    """Copy a torchvision ResNet-18 state dict into ``backbone``; return the keys skipped.
+    """Copy a pretrained state dict into ``backbone``; return the keys skipped.
 
-    The classifier (``fc.*``) is dropped; a tensor whose shape differs (the small stem's
-    3x3 ``conv1`` against ImageNet's 7x7) is skipped and reported, never silently reshaped.
+    The classifier the backbone's spec names is dropped and a ``module.`` prefix (from
+    DataParallel) stripped; a tensor whose shape differs (the small stem's 3x3 ``conv1``
+    against ImageNet's 7x7) is skipped and reported, never silently reshaped.
     """
+    spec = weights_spec(backbone)
     own = backbone.state_dict()
     state = {key.removeprefix("module."): value for key, value in state.items()}
-    unexpected = sorted(key for key in state if key not in own and not key.startswith("fc."))
+    unexpected = sorted(key for key in state if key not in own and not key.startswith(spec.dropped_prefixes))
     missing = sorted(key for key in own if key not in state)
     if unexpected or missing:
         detail = f"unexpected keys {unexpected[:5]}" if unexpected else f"missing keys {missing[:5]}"
-        raise DahpError(f"{source} is not a torchvision ResNet-18 state dict: {detail}")
+        raise DahpError(f"{source} is not a {spec.description} state dict: {detail}")
     skipped = sorted(key for key in own if state[key].shape != own[key].shape)
     usable = {key: state[key] for key in own if key not in skipped}
     backbone.load_state_dict(usable, strict=False)
@@ -65,10 +96,11 @@ def init_backbone(backbone: nn.Module, weights: str | None) -> str:
     if weights == "none":
         return "random init (--weights none)"
     if weights is None:
-        cached = torchvision_cached_weights()
-        if cached is None:
-            return "random init: no ImageNet weights on this machine (pass --weights PATH to use a file)"
-        path = cached
+        spec = weights_spec(backbone)
+        local = spec.locate()
+        if local is None:
+            return f"random init: no ImageNet weights on this machine ({spec.how_to_get})"
+        path = local
     else:
         path = Path(weights)
     skipped = load_backbone_weights(backbone, load_state_dict_file(path), str(path))

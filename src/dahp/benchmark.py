@@ -1,0 +1,393 @@
+"""``dahp benchmark``: every method on the same split, backbone and budget, in one resumable run.
+
+A *budget* is a named recipe (``dahp/budgets/<name>.json``, or any JSON file of the same
+shape): data protocol, input size, backbone and weights, optimiser settings shared by
+every deep method, and per-method exceptions. The library code here knows no particular
+experiment; the recipes live in those files.
+
+Each (method, bits) run writes ``runs/<method>-<bits>.json`` atomically when it is done
+(configuration, seed, wall times, images/s and all metrics); deep runs also keep their
+model and per-epoch checkpoint under ``models/<method>-<bits>/``. Rerunning the same
+command skips finished runs and resumes an interrupted training from its checkpoint;
+a folder holding runs of another budget, split or seed is refused, never mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .anchors import generate_anchors
+from .data import ImageCollection, Preprocess, get_protocol, iterate_batches, split_digest
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .errors import DahpError
+from .hasher import CHECKPOINT_FILE, DeepHasher
+from .methods import Method, parse_methods
+from .metrics import evaluate
+from .models import ModelConfig, create_backbone, init_backbone
+from .models.weights import weights_spec
+from .reports import write_json, write_report
+from .serialization import atomic_write_bytes
+from .training import TrainConfig
+
+BUDGET_NAMES = ("smoke", "cpu", "cpu-pretrained", "paper")
+SHALLOW_FEATURES = ("pixels", "backbone")
+TABLE_III = ("dpsh", "dahp-v1", "dahp-v2", "dahp")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One benchmark recipe; see ``dahp/budgets/*.json`` for the shipped ones."""
+
+    name: str
+    description: str
+    dataset: str
+    protocol: str
+    image_size: int
+    model: dict[str, Any]
+    train: dict[str, Any]
+    protocol_parameters: dict[str, Any] = field(default_factory=dict)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    weights: str = "none"
+    shared_backbone: bool = False
+    method_train: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shallow_features: str = "pixels"
+
+    def __post_init__(self) -> None:
+        if self.shallow_features not in SHALLOW_FEATURES:
+            raise DahpError(f"budget {self.name}: shallow_features must be one of {SHALLOW_FEATURES}, "
+                            f"got {self.shallow_features!r}")
+        object.__setattr__(self, "mean", tuple(self.mean))
+        object.__setattr__(self, "std", tuple(self.std))
+        self.network()  # validates the shared network settings up front
+        TrainConfig(**self.train)
+        for method, overrides in self.method_train.items():
+            TrainConfig(**{**self.train, **overrides})
+            parse_methods(method)
+
+    @classmethod
+    def load(cls, name_or_path: str) -> Budget:
+        """A shipped budget by name, or a JSON file; unknown keys are errors naming the file."""
+        if name_or_path in BUDGET_NAMES:
+            text = resources.files("dahp").joinpath("budgets", f"{name_or_path}.json").read_text()
+            where = f"budget {name_or_path}"
+        else:
+            path = Path(name_or_path)
+            if not path.is_file():
+                raise DahpError(f"--budget must be one of {', '.join(BUDGET_NAMES)} or a JSON file; "
+                                f"{name_or_path!r} is neither")
+            text, where = path.read_text(), str(path)
+        try:
+            data = json.loads(text)
+            return cls(**data)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise DahpError(f"{where} is not a valid budget ({exc})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def network(self, bits: int = 48) -> ModelConfig:
+        return ModelConfig(bits=bits, **self.model)
+
+    def preprocess(self, image_size: int) -> Preprocess:
+        return Preprocess(image_size, self.mean, self.std)
+
+
+@dataclass
+class RunPlan:
+    """What one (method, bits) run trains and how, fixed before anything trains."""
+
+    method: Method
+    bits: int
+    model: ModelConfig | None
+    train: TrainConfig | None
+    preprocess: Preprocess
+    weights: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.method.name}-{self.bits}"
+
+
+def _deep_plan(method: Method, bits: int, budget: Budget, seed: int) -> RunPlan:
+    base = budget.network(bits)
+    model = replace(base, attention=method.attention) if budget.shared_backbone else method.model_config(base)
+    train = TrainConfig(**{**budget.train, **budget.method_train.get(method.name, {}), "method": method.name,
+                           "seed": seed})
+    method.loss(train.loss_settings(bits))  # rejects options the method does not have
+    backbone = create_backbone(model.backbone, output_stride=model.output_stride, small_stem=model.small_stem)
+    smallest = getattr(backbone, "min_image_size", 1)
+    return RunPlan(method, bits, model, train, budget.preprocess(max(budget.image_size, smallest)),
+                   _weights_for(budget, backbone))
+
+
+def _weights_for(budget: Budget, backbone: torch.nn.Module) -> str:
+    """``none``, a file, or ``pretrained``: the backbone's local pretrained copy, which must exist."""
+    if budget.weights != "pretrained":
+        return budget.weights
+    local = weights_spec(backbone).locate()
+    if local is None:
+        raise DahpError(f"budget {budget.name} needs pretrained {type(backbone).__name__} weights and this machine "
+                        f"has none: {weights_spec(backbone).how_to_get}")
+    return str(local)
+
+
+def plan_runs(methods: list[Method], bits: list[int], budget: Budget, num_classes: int, seed: int) -> list[RunPlan]:
+    """Every run's configuration, validated before the first one trains (bits against the
+    anchors, method options, backbones, weights), so a bad request fails in seconds."""
+    for length in bits:
+        generate_anchors(length, num_classes, seed=seed)
+    plans = []
+    for length in bits:
+        for method in methods:
+            if method.deep:
+                plans.append(_deep_plan(method, length, budget, seed))
+            else:
+                plans.append(RunPlan(method, length, None, None, budget.preprocess(budget.image_size), budget.weights))
+    return plans
+
+
+# --- running -----------------------------------------------------------------------
+
+
+@dataclass
+class BenchmarkData:
+    """The split the whole benchmark shares, and what identifies it in the results."""
+
+    query: ImageCollection
+    train: ImageCollection
+    database: ImageCollection
+    record: dict[str, Any]  # source, protocol, sizes, split digest
+
+
+def split_data(data: ImageCollection, source: str, budget: Budget, seed: int) -> BenchmarkData:
+    protocol = get_protocol(budget.protocol, seed=seed, **budget.protocol_parameters)
+    split = protocol.split(data)
+    if len(split.query) == 0 or len(split.train) == 0:
+        raise DahpError(f"protocol {protocol.name} draws {len(split.query)} queries and {len(split.train)} training "
+                        f"images from {source}: the benchmark needs both")
+    record = {"source": source, "protocol": protocol.to_dict(), "sizes": split.sizes(),
+              "split_sha256": split_digest(split)}
+    return BenchmarkData(data.subset(split.query), data.subset(split.train), data.subset(split.database), record)
+
+
+def _identity(budget: Budget, data: BenchmarkData, seed: int) -> dict[str, Any]:
+    return {"budget": budget.to_dict(), "split_sha256": data.record["split_sha256"], "seed": seed}
+
+
+def _claim_folder(out: Path, identity: dict[str, Any]) -> None:
+    """Write ``benchmark.json`` on first use; afterwards refuse a different budget, split or seed."""
+    path = out / "benchmark.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != identity:
+            differing = sorted(key for key in identity if saved.get(key) != identity[key])
+            raise DahpError(f"{out} holds a benchmark with a different {', '.join(differing)}; "
+                            "use a new --out folder (runs of different setups are never mixed)")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, identity)
+
+
+def _mean_rate(history: list[dict[str, float]]) -> float:
+    return float(np.mean([epoch["images_per_s"] for epoch in history]))
+
+
+def _run_deep(plan: RunPlan, data: BenchmarkData, out: Path, device: str, progress: bool) -> tuple[np.ndarray, np.ndarray, dict]:
+    assert plan.model is not None and plan.train is not None
+    run_dir = out / "models" / plan.name
+    hasher = DeepHasher(plan.model, plan.train, plan.preprocess, weights=plan.weights, device=device,
+                        progress=progress)
+    hasher.fit(data.train, out_dir=run_dir, resume=(run_dir / CHECKPOINT_FILE).is_file(), data_spec=data.record)
+    started = time.perf_counter()
+    codes = [hasher.encode(part, batch_size=256, progress=progress) for part in (data.query, data.database)]
+    encode_seconds = time.perf_counter() - started
+    info = {
+        "model_config": plan.model.to_dict(), "train_config": plan.train.to_dict(),
+        "preprocess": plan.preprocess.to_dict(), "weights": hasher.weights_note_,
+        "train_seconds": sum(epoch["seconds"] for epoch in hasher.history_),
+        "train_images_per_s": _mean_rate(hasher.history_),
+        "encode_seconds": encode_seconds,
+        "encode_images_per_s": (len(data.query) + len(data.database)) / encode_seconds,
+        "history": hasher.history_, "model_file": str(run_dir / "model.dahp"),
+    }
+    return codes[0], codes[1], info
+
+
+@torch.inference_mode()
+def extract_features(collection: ImageCollection, preprocess: Preprocess, backbone: torch.nn.Module | None,
+                     progress: bool = False) -> np.ndarray:
+    """Fixed feature rows for the shallow methods: the normalised pixels, or a frozen
+    backbone's globally pooled feature map."""
+    rows = []
+    order = np.arange(len(collection))
+    for images, _ in iterate_batches(collection, order, 256, preprocess):
+        if backbone is None:
+            rows.append(images.flatten(1).numpy())
+        else:
+            rows.append(backbone(images).mean(dim=(2, 3)).numpy())
+    return np.concatenate(rows).astype(np.float32)
+
+
+class _FeatureCache:
+    """Features are computed once per benchmark and shared by every shallow run."""
+
+    def __init__(self, budget: Budget, data: BenchmarkData, progress: bool) -> None:
+        self.budget, self.data, self.progress = budget, data, progress
+        self.features: dict[str, np.ndarray] | None = None
+        self.description = ""
+
+    def get(self, preprocess: Preprocess) -> dict[str, np.ndarray]:
+        if self.features is None:
+            backbone = None
+            self.description = f"pixels at {preprocess.image_size} px"
+            if self.budget.shallow_features == "backbone":
+                model = self.budget.network()
+                backbone = create_backbone(model.backbone, output_stride=model.output_stride,
+                                           small_stem=model.small_stem).eval()
+                note = init_backbone(backbone, _weights_for(self.budget, backbone))
+                self.description = f"pooled {model.backbone} features ({note})"
+            self.features = {part: extract_features(getattr(self.data, part), preprocess, backbone, self.progress)
+                             for part in ("train", "query", "database")}
+        return self.features
+
+
+def _run_shallow(plan: RunPlan, cache: _FeatureCache) -> tuple[np.ndarray, np.ndarray, dict]:
+    started = time.perf_counter()
+    features = cache.get(plan.preprocess)
+    feature_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    encoder = plan.method.shallow(plan.bits, seed=0).fit(features["train"])
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    query, database = encoder.encode(features["query"]), encoder.encode(features["database"])
+    encode_seconds = time.perf_counter() - started
+    info = {"features": cache.description, "feature_seconds": feature_seconds, "train_seconds": train_seconds,
+            "encode_seconds": encode_seconds,
+            "encode_images_per_s": (len(query) + len(database)) / max(encode_seconds, 1e-9)}
+    return query, database, info
+
+
+def run_benchmark(
+    data: BenchmarkData,
+    plans: list[RunPlan],
+    budget: Budget,
+    out: str | Path,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> dict[str, dict[str, Any]]:
+    """Run (or reuse) every planned run; returns run name -> its JSON record, and writes the report."""
+    out = Path(out)
+    _claim_folder(out, _identity(budget, data, seed))
+    cache = _FeatureCache(budget, data, progress)
+    records: dict[str, dict[str, Any]] = {}
+    for number, plan in enumerate(plans, 1):
+        path = out / "runs" / f"{plan.name}.json"
+        if path.is_file():
+            records[plan.name] = json.loads(path.read_text())
+            echo(f"[{number}/{len(plans)}] {plan.name}: done before, mAP {records[plan.name]['metrics']['map']:.4f}")
+            continue
+        echo(f"[{number}/{len(plans)}] {plan.name}: {plan.method.title}, {plan.bits} bits ...")
+        started = time.perf_counter()
+        if plan.method.deep:
+            query, database, info = _run_deep(plan, data, out, device, progress)
+        else:
+            query, database, info = _run_shallow(plan, cache)
+        metrics = evaluate(query, database, data.query.labels, data.database.labels, plan.bits)
+        record = {"method": plan.method.name, "title": plan.method.title, "bits": plan.bits, "seed": seed,
+                  "budget": budget.name, "dahp_version": __version__, "torch_version": torch.__version__,
+                  "wall_seconds": time.perf_counter() - started, **info, "metrics": metrics}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, record)
+        records[plan.name] = record
+        echo(f"[{number}/{len(plans)}] {plan.name}: mAP@ALL {metrics['map']:.4f} "
+             f"({record['wall_seconds']:.0f} s)")
+    write_benchmark_report(out, records, budget, data.record)
+    return records
+
+
+# --- the report -------------------------------------------------------------------------
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def table_iv(records: dict[str, dict[str, Any]], methods: list[Method]) -> str:
+    """Methods x code lengths, measured mAP@ALL with the paper's CIFAR-10 figure beside it."""
+    bits = sorted({record["bits"] for record in records.values()})
+    header = "| method | " + " | ".join(f"{b} bits (paper)" for b in bits) + " | wall time |"
+    lines = [header, "|---" * (len(bits) + 2) + "|"]
+    for method in methods:
+        runs = {b: records.get(f"{method.name}-{b}") for b in bits}
+        if not any(runs.values()):
+            continue
+        cells = [f"{_cell(run['metrics']['map'] if run else None)} ({_cell(method.paper_cifar10.get(b))})"
+                 for b, run in runs.items()]
+        seconds = sum(run["wall_seconds"] for run in runs.values() if run)
+        lines.append(f"| {method.title} | " + " | ".join(cells) + f" | {seconds / 60:.1f} min |")
+    return "\n".join(lines) + "\n"
+
+
+def table_iii(records: dict[str, dict[str, Any]], methods: list[Method], bits: int = 48) -> str:
+    """The ablation at one code length: each variant's mAP and its ratio to DPSH, measured and paper."""
+    rows = [m for name in TABLE_III for m in methods if m.name == name and f"{name}-{bits}" in records]
+    if not rows:
+        return ""
+    dpsh = records.get(f"dpsh-{bits}")
+    paper_dpsh = next((m.paper_cifar10.get(bits) for m in methods if m.name == "dpsh"), None)
+    lines = [f"| variant ({bits} bits) | mAP@ALL | × DPSH | paper | paper × DPSH |", "|---|---|---|---|---|"]
+    for method in rows:
+        measured = records[f"{method.name}-{bits}"]["metrics"]["map"]
+        paper = method.paper_cifar10.get(bits)
+        ratio = f"{measured / dpsh['metrics']['map']:.3f}" if dpsh else "–"
+        paper_ratio = f"{paper / paper_dpsh:.3f}" if paper and paper_dpsh else "–"
+        lines.append(f"| {method.title} | {measured:.4f} | {ratio} | {_cell(paper)} | {paper_ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def speed_table(records: dict[str, dict[str, Any]]) -> str:
+    lines = ["| run | train s | train img/s | encode img/s | wall s |", "|---|---|---|---|---|"]
+    for name, record in records.items():
+        train_rate = record.get("train_images_per_s")
+        lines.append(f"| {name} | {record['train_seconds']:.1f} | {f'{train_rate:.1f}' if train_rate else '–'} | "
+                     f"{record['encode_images_per_s']:.0f} | {record['wall_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_benchmark_report(out: Path, records: dict[str, dict[str, Any]], budget: Budget,
+                           data_record: dict[str, Any]) -> Path:
+    """``results.md`` (Tables III and IV, speeds) and the full evaluation report with plots."""
+    methods = parse_methods(",".join(dict.fromkeys(record["method"] for record in records.values())))
+    largest = max(record["bits"] for record in records.values())
+    sizes = data_record["sizes"]
+    parts = [
+        f"# dahp benchmark — budget `{budget.name}`\n",
+        f"{budget.description}\n",
+        f"Data: {data_record['source']}, protocol {data_record['protocol']['name']} "
+        f"(seed {data_record['protocol']['seed']}): {sizes}. mAP@ALL with database-order ties; "
+        "paper figures are the DAHP paper's CIFAR-10 results (224 px, ImageNet-pretrained ResNet-18, GPU).\n",
+        "## Table IV layout: mAP@ALL by code length (paper in parentheses)\n", table_iv(records, methods),
+    ]
+    ablation = table_iii(records, methods, 48 if any(r["bits"] == 48 for r in records.values()) else largest)
+    if ablation:
+        parts += ["## Table III layout: the ablation\n", ablation]
+    parts += ["## Speed\n", speed_table(records),
+              "Full metrics (tie-aware mAP, P@H≤2, P@N, PR curves) and plots: `evaluation/`.\n"]
+    path = out / "results.md"
+    atomic_write_bytes(path, "\n".join(parts).encode())
+    write_report(out / "evaluation", {name: r["metrics"] for name, r in records.items()},
+                 {name: r["title"] for name, r in records.items()}, {"budget": budget.to_dict(), **data_record})
+    return path

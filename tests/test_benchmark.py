@@ -1,0 +1,103 @@
+"""``dahp benchmark``: the smoke budget end to end, resuming, and refusing bad or mixed setups."""
+
+import json
+
+import pytest
+
+from dahp.benchmark import Budget, table_iii, table_iv
+from dahp.errors import DahpError
+from dahp.methods import parse_methods
+
+pytestmark = pytest.mark.slow
+
+
+def _custom_budget(tmp_path, name="custom", **changes):
+    data = {**Budget.load("smoke").to_dict(), "name": name, **changes}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_smoke_benchmark_writes_tables_runs_and_plots_then_resumes(cli, tmp_path, capsys):
+    out = tmp_path / "bench"
+    cli(["benchmark", "--budget", "smoke", "--methods", "dahp,dpsh,csq,itq", "--bits", "12,16", "--out", out,
+         "--quiet"])
+    printed = capsys.readouterr().out
+    for title in ("| DAHP |", "| DPSH |", "| CSQ |", "| ITQ |"):
+        assert title in printed
+    assert "0.8194" in printed and "0.7455" not in printed  # paper figures shown only for lengths that ran
+    assert "Table III layout" in printed
+    runs = sorted(path.name for path in (out / "runs").iterdir())
+    assert runs == sorted(f"{m}-{b}.json" for m in ("dahp", "dpsh", "csq", "itq") for b in (12, 16))
+    record = json.loads((out / "runs" / "dpsh-16.json").read_text())
+    assert record["model_config"]["backbone"] == "alexnet" and record["preprocess"]["image_size"] == 63
+    assert record["train_config"]["method"] == "dpsh" and record["seed"] == 0
+    assert 0 <= record["metrics"]["map"] <= 1 and record["train_images_per_s"] > 0
+    itq = json.loads((out / "runs" / "itq-12.json").read_text())
+    assert itq["metrics"]["map"] > 0.3  # ITQ on pixels of digits is far above chance (0.1)
+    assert (out / "evaluation" / "pr_curves.png").stat().st_size > 0
+    assert (out / "evaluation" / "precision_radius_vs_bits.png").is_file()
+
+    # an interrupted run: its result is lost but its finished checkpoint remains
+    (out / "runs" / "dahp-12.json").unlink()
+    before = (out / "runs" / "csq-12.json").stat().st_mtime_ns
+    cli(["benchmark", "--budget", "smoke", "--methods", "dahp,dpsh,csq,itq", "--bits", "12,16", "--out", out,
+         "--quiet"])
+    printed = capsys.readouterr().out
+    assert printed.count("done before") == 7
+    assert (out / "runs" / "csq-12.json").stat().st_mtime_ns == before
+    redone = json.loads((out / "runs" / "dahp-12.json").read_text())
+    assert len(redone["history"]) == 1  # restored from the checkpoint, not trained again
+
+
+def test_a_folder_of_another_budget_is_refused(cli, tmp_path):
+    out = tmp_path / "bench"
+    cli(["benchmark", "--budget", "smoke", "--methods", "itq", "--out", out, "--quiet"])
+    other = _custom_budget(tmp_path, train={**Budget.load("smoke").train, "lr": 0.01})
+    with pytest.raises(DahpError, match="holds a benchmark with a different budget"):
+        cli(["benchmark", "--budget", other, "--methods", "itq", "--out", out, "--quiet"])
+    with pytest.raises(DahpError, match="different seed"):
+        cli(["benchmark", "--budget", "smoke", "--methods", "itq", "--out", out, "--seed", 1, "--quiet"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--methods", "dahp,nope"], r"unknown method 'nope'; valid methods: dahp, dahp-v1"),
+        (["--budget", "tiny"], "--budget must be one of smoke, cpu, cpu-pretrained, paper or a JSON file"),
+        (["--methods", "dpsh", "--bits", "12", "--budget", "{bad_lr}"], "--lr must be a positive number"),
+        (["--budget", "{bad_key}"], "is not a valid budget"),
+        (["--budget", "{bad_method}"], "unknown method 'dahq'"),
+    ],
+)
+def test_bad_requests_fail_before_training(cli, tmp_path, argv, message):
+    budgets = {
+        "{bad_lr}": _custom_budget(tmp_path, "bad_lr", train={"epochs": 1, "lr": 0}),
+        "{bad_key}": _custom_budget(tmp_path, "bad_key", colour="blue"),
+        "{bad_method}": _custom_budget(tmp_path, "bad_method", method_train={"dahq": {"lr": 0.1}}),
+    }
+    argv = [budgets.get(arg, arg) for arg in argv]
+    with pytest.raises(DahpError, match=message):
+        cli(["benchmark", "--out", tmp_path / "out", *argv])
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_pretrained_budget_without_local_weights_fails_before_training(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    budget = _custom_budget(tmp_path, weights="pretrained")
+    with pytest.raises(DahpError, match="needs pretrained .* weights and this machine has none"):
+        cli(["benchmark", "--budget", budget, "--methods", "dahp", "--out", tmp_path / "out"])
+
+
+def test_tables_put_paper_figures_beside_measured_ones():
+    def record(method, bits, value):
+        return {"method": method, "bits": bits, "wall_seconds": 60.0, "metrics": {"map": value}}
+
+    records = {"dpsh-48": record("dpsh", 48, 0.40), "dahp-48": record("dahp", 48, 0.50),
+               "dahp-12": record("dahp", 12, 0.30)}
+    methods = parse_methods("dahp,dpsh")
+    iv = table_iv(records, methods)
+    assert "| DAHP | 0.3000 (0.8194) | 0.5000 (0.8477) | 2.0 min |" in iv
+    assert "| DPSH | – (0.7292) | 0.4000 (0.7455) | 1.0 min |" in iv
+    iii = table_iii(records, methods)
+    assert "| DAHP | 0.5000 | 1.250 | 0.8477 | 1.137 |" in iii
