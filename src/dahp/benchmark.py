@@ -188,6 +188,7 @@ def _identity(budget: Budget, data: BenchmarkData, seed: int) -> dict[str, Any]:
 def _claim_folder(out: Path, identity: dict[str, Any]) -> None:
     """Write ``benchmark.json`` on first use; afterwards refuse a different budget, split or seed."""
     path = out / "benchmark.json"
+    identity = json.loads(json.dumps(identity))  # as it reads back: tuples become lists
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved != identity:

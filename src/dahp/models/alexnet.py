@@ -9,13 +9,11 @@ or small-image variant, and inputs under 63 px leave nothing for the last pool.
 
 from __future__ import annotations
 
-from functools import partial
-
 from torch import Tensor, nn
 
 from ..errors import DahpError
 from .registry import register_backbone
-from .weights import TORCHVISION_ALEXNET_FILE, PretrainedWeights, torchvision_checkpoint
+from .weights import TORCHVISION_ALEXNET_FILE, torchvision_weights
 
 ALEXNET_OUTPUT_STRIDE = 32
 
@@ -25,13 +23,7 @@ class AlexNetBackbone(nn.Module):
 
     out_channels = 256
     min_image_size = 63
-    pretrained_weights = PretrainedWeights(
-        description="torchvision AlexNet",
-        dropped_prefixes=("classifier.",),
-        locate=partial(torchvision_checkpoint, TORCHVISION_ALEXNET_FILE),
-        how_to_get="pass --weights PATH to use a file, or cache torchvision's once online: "
-        "python -c \"import torchvision; torchvision.models.alexnet(weights='IMAGENET1K_V1')\"",
-    )
+    pretrained_weights = torchvision_weights("alexnet", "AlexNet", TORCHVISION_ALEXNET_FILE, "classifier.")
 
     def __init__(self, output_stride: int = ALEXNET_OUTPUT_STRIDE, small_stem: bool = False) -> None:
         super().__init__()

@@ -13,13 +13,11 @@ more resolution for 32-px inputs, so its output strides are 8, 4 and 2.
 
 from __future__ import annotations
 
-from functools import partial
-
 from torch import Tensor, nn
 
 from ..errors import DahpError
 from .registry import register_backbone
-from .weights import TORCHVISION_RESNET18_FILE, PretrainedWeights, torchvision_checkpoint
+from .weights import TORCHVISION_RESNET18_FILE, torchvision_weights
 
 STANDARD_STEM_STRIDE = 4
 _STAGE_WIDTHS = (64, 128, 256, 512)
@@ -62,13 +60,7 @@ class ResNet18Backbone(nn.Module):
 
     out_channels = 512
     min_image_size = 1
-    pretrained_weights = PretrainedWeights(
-        description="torchvision ResNet-18",
-        dropped_prefixes=("fc.",),
-        locate=partial(torchvision_checkpoint, TORCHVISION_RESNET18_FILE),
-        how_to_get="pass --weights PATH to use a file, or cache torchvision's once online: "
-        "python -c \"import torchvision; torchvision.models.resnet18(weights='IMAGENET1K_V1')\"",
-    )
+    pretrained_weights = torchvision_weights("resnet18", "ResNet-18", TORCHVISION_RESNET18_FILE, "fc.")
 
     def __init__(self, output_stride: int = 8, small_stem: bool = False) -> None:
         super().__init__()

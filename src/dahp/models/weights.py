@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -44,6 +45,18 @@ def torchvision_checkpoint(filename: str) -> Path | None:
     """A file in torchvision's download cache (``$TORCH_HOME/hub/checkpoints``) if it is there."""
     path = Path(torch.hub.get_dir()) / "checkpoints" / filename
     return path if path.is_file() else None
+
+
+def torchvision_weights(model: str, title: str, filename: str, classifier: str) -> PretrainedWeights:
+    """The spec of a torchvision ImageNet model: the file in its download cache, and how to
+    put it there once online (``torchvision.models.<model>(weights='IMAGENET1K_V1')``)."""
+    return PretrainedWeights(
+        description=f"torchvision {title}",
+        dropped_prefixes=(classifier,),
+        locate=partial(torchvision_checkpoint, filename),
+        how_to_get="pass --weights PATH to use a file, or cache torchvision's once online: "
+        f"python -c \"import torchvision; torchvision.models.{model}(weights='IMAGENET1K_V1')\"",
+    )
 
 
 def weights_spec(backbone: nn.Module) -> PretrainedWeights:
