@@ -41,7 +41,9 @@ class Preprocess:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return (x - mean) / std
+        # contiguous NCHW: the permuted (channels-last strided) tensor made the network's
+        # forward 1.75x slower (measured, ResNet-18 at 32 px on one CPU thread)
+        return ((x - mean) / std).contiguous()
 
 
 def default_preprocess(source: str, image_size: int | None = None) -> Preprocess:
