@@ -355,18 +355,17 @@ def test_damaged_manifest_is_refused(index_copy):
     (path / MANIFEST_FILE).write_text(manifest[: len(manifest) // 2])
     with pytest.raises(DahpError, match="manifest.json is corrupt: not valid JSON"):
         Index.load(path)
-    (path / MANIFEST_FILE).write_text(manifest)
-    _rewrite_manifest(path, lambda m: m.update(format_version=99))
-    with pytest.raises(DahpError, match="has index format version 99; this dahp reads version 1"):
-        Index.load(path)
-    (path / MANIFEST_FILE).write_text(manifest)
-    _rewrite_manifest(path, lambda m: m["files"]["engine"].update(name="../elsewhere.index"))
-    with pytest.raises(DahpError, match="bad file name '../elsewhere.index' for the engine file"):
-        Index.load(path)
-    (path / MANIFEST_FILE).write_text(manifest)
-    _rewrite_manifest(path, lambda m: m.update(count=5))
-    with pytest.raises(DahpError, match="index is inconsistent: the manifest counts 5 items, the engine holds 1797"):
-        Index.load(path)
+    tampered = [
+        (lambda m: m.update(format_version=99), "has index format version 99; this dahp reads version 1"),
+        (lambda m: m["files"]["engine"].update(name="../elsewhere.index"),
+         "bad file name '../elsewhere.index' for the engine file"),
+        (lambda m: m.update(count=5), "index is inconsistent: the manifest counts 5 items, the engine holds 1797"),
+    ]
+    for change, message in tampered:
+        (path / MANIFEST_FILE).write_text(manifest)
+        _rewrite_manifest(path, change)
+        with pytest.raises(DahpError, match=message):
+            Index.load(path)
     (path / MANIFEST_FILE).unlink()
     with pytest.raises(DahpError, match="is not a dahp index: manifest.json is missing"):
         Index.load(path)

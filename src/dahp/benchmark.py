@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import __version__
 from .anchors import generate_anchors
@@ -232,11 +233,13 @@ def extract_features(collection: ImageCollection, preprocess: Preprocess, backbo
     backbone's globally pooled feature map."""
     rows = []
     order = np.arange(len(collection))
-    for images, _ in iterate_batches(collection, order, 256, preprocess):
-        if backbone is None:
-            rows.append(images.flatten(1).numpy())
-        else:
-            rows.append(backbone(images).mean(dim=(2, 3)).numpy())
+    with tqdm(total=len(collection), desc="features", unit="img", disable=not progress) as bar:
+        for images, indices in iterate_batches(collection, order, 256, preprocess):
+            if backbone is None:
+                rows.append(images.flatten(1).numpy())
+            else:
+                rows.append(backbone(images).mean(dim=(2, 3)).numpy())
+            bar.update(len(indices))
     return np.concatenate(rows).astype(np.float32)
 
 
