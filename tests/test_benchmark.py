@@ -101,3 +101,22 @@ def test_tables_put_paper_figures_beside_measured_ones():
     assert "| DPSH | – (0.7292) | 0.4000 (0.7455) | 1.0 min |" in iv
     iii = table_iii(records, methods)
     assert "| DAHP | 0.5000 | 1.250 | 0.8477 | 1.137 |" in iii
+
+
+def test_smoke_benchmark_of_all_methods_gives_the_whole_table_iv(cli, tmp_path, capsys):
+    out = tmp_path / "all"
+    cli(["benchmark", "--budget", "smoke", "--methods", "all", "--bits", "12,24,32,48", "--out", out, "--quiet"])
+    printed = capsys.readouterr().out
+    table = printed.split("Table IV layout")[1].split("##")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "bits (paper)" not in line]
+    titles = [row.split(" | ")[0][2:] for row in rows]
+    paper_rows = ["DAHP", "DBDH", "DAgH", "DPSH", "HashNet", "DSH", "DLBHC (FastH)", "DHN", "SDH", "ITQ"]
+    assert titles[:10] == paper_rows  # the paper's ten in its order, then the extra rows
+    assert set(titles[10:]) == {"DAHP-v1 (ResNet-18 + DPSH loss)", "DAHP-v2 (v1 + dual attention)", "CSQ", "LSH"}
+    assert "| SDH | " in table and "(0.2850)" in table and "(0.0000)" not in table
+    for row in rows:  # a measured figure and the wall time in every row at every length
+        cells = row.split(" | ")
+        assert len(cells) == 6 and cells[-1].endswith("min |")
+        assert all(0 < float(cell.split(" ")[0]) <= 1 for cell in cells[1:5]), row
+    sdh = json.loads((out / "runs" / "sdh-48.json").read_text())
+    assert sdh["metrics"]["map"] > 0.4  # supervised on the digits' pixels: far above chance (0.1)

@@ -9,11 +9,18 @@ from dahp.errors import DahpError
 from dahp.losses import LossInputs
 from dahp.methods import LossSettings, get_method, list_methods, parse_methods
 from dahp.methods.csq import CSQLoss
+from dahp.methods.dagh import DAgHLoss
+from dahp.methods.dbdh import DBDHLoss, straight_through_sign
+from dahp.methods.dhn import DHNLoss, log_cosh
+from dahp.methods.dlbhc import DLBHCLoss
 from dahp.methods.dsh import DSHLoss
 from dahp.methods.hashnet import HashNetLoss
-from dahp.models import ModelConfig
+from dahp.models import HashingNetwork, ModelConfig
 
 LABELS = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # images 0 and 1 similar, 2 the odd one out
+SIMILAR = [[1, 1, 0], [1, 1, 0], [0, 0, 1]]
+SMALL_NETWORK = ModelConfig(bits=16, output_stride=4, small_stem=True, hidden_dim=32)
+DEEP = ["dahp", "dpsh", "hashnet", "dsh", "csq", "dbdh", "dagh", "dlbhc", "dhn"]
 
 
 def softplus(x: float) -> float:
@@ -22,7 +29,12 @@ def softplus(x: float) -> float:
 
 def test_registry_lists_every_method_in_table_order():
     assert list_methods()[:4] == ["dahp", "dahp-v1", "dahp-v2", "dpsh"]
-    assert {"hashnet", "dsh", "csq", "lsh", "itq"} <= set(list_methods())
+    assert set(DEEP) | {"lsh", "itq", "sdh"} <= set(list_methods())
+    assert [name for name in list_methods() if get_method(name).deep] == ["dahp", "dahp-v1", "dahp-v2", *DEEP[1:]]
+    table_iv = parse_methods("table-iv")  # the paper's ten rows, each with its four published figures
+    assert [m.title for m in table_iv] == ["DAHP", "DBDH", "DAgH", "DPSH", "HashNet", "DSH", "DLBHC (FastH)", "DHN",
+                                           "SDH", "ITQ"]
+    assert all(sorted(m.paper_cifar10) == [12, 24, 32, 48] for m in table_iv)
 
 
 def test_unknown_method_lists_the_valid_ones():
@@ -44,9 +56,12 @@ def test_variants_set_attention_and_dpsh_its_own_backbone():
 
 
 def test_methods_without_an_anchor_loss_refuse_an_anchor_weight():
-    for name in ("dpsh", "dahp-v1", "hashnet", "dsh", "csq"):
+    for name in DEEP[1:]:
         with pytest.raises(DahpError, match=f"method '{name}' has no anchor loss"):
-            get_method(name).loss(LossSettings(8, anchor_weight=0.05))
+            get_method(name).loss(LossSettings(8, anchor_weight=0.05, classes=2, network=SMALL_NETWORK))
+    for name in ("dlbhc", "dagh"):
+        with pytest.raises(DahpError, match=f"method '{name}' has no quantisation term"):
+            get_method(name).loss(LossSettings(8, quantization_weight=0.1, classes=2, network=SMALL_NETWORK))
     with pytest.raises(DahpError, match="shallow"):
         get_method("itq").loss(LossSettings(8))
 
@@ -103,16 +118,122 @@ def test_csq_central_bce_by_hand():
     assert loss.item() == pytest.approx(bce + 1e-4 * parts["quantization"], rel=1e-6)
 
 
-@pytest.mark.parametrize("name", ["dahp", "dpsh", "hashnet", "dsh", "csq"])
+@pytest.mark.parametrize("name", DEEP)
 def test_every_deep_loss_has_finite_gradients_and_keeps_signs(name):
     torch.manual_seed(0)
-    loss_fn = get_method(name).loss(LossSettings(16))
+    loss_fn = get_method(name).loss(LossSettings(16, classes=3, network=SMALL_NETWORK))
     raw = (5 * torch.randn(6, 16)).requires_grad_()
     codes = loss_fn.activate(raw, 100)
     assert torch.equal(torch.sign(codes), torch.sign(raw))  # codes are always sign(raw output)
     labels = torch.eye(3)[torch.tensor([0, 1, 2, 0, 1, 2])]
     targets = torch.sign(torch.randn(3, 16))[labels.argmax(1)]
-    loss, parts = loss_fn(LossInputs(codes, labels, targets, codes.detach()[:4], labels[:4]))
+    images = torch.randn(6, 3, 8, 8)
+    loss, parts = loss_fn(LossInputs(codes, labels, targets, codes.detach()[:4], labels[:4], images=images))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(raw.grad).all() and raw.grad.abs().sum() > 0
     assert all(math.isfinite(value) for value in parts.values())
+    if loss_fn.companion is not None:  # the companion module learns from the same loss
+        grads = [p.grad for p in loss_fn.companion.parameters() if p.grad is not None]
+        assert grads and sum(g.abs().sum() for g in grads) > 0
+
+
+def dpsh_pairwise(theta: list[list[float]]) -> float:
+    """Mean over the 3 x 3 pairs of ``softplus(θ) - s θ`` for LABELS."""
+    return sum(softplus(t) - s * t for row_t, row_s in zip(theta, SIMILAR) for t, s in zip(row_t, row_s)) / 9
+
+
+def test_dhn_pairwise_and_log_cosh_quantization_by_hand():
+    codes = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, -2.0]])
+    loss, parts = DHNLoss()(LossInputs.within_batch(codes, LABELS, codes))
+    pairwise = dpsh_pairwise([[0.5, 0.5, 0.0], [0.5, 1.0, -1.0], [0.0, -1.0, 2.0]])
+    # |z| - 1 = 0, -1, 0, 0, -1, 1: three elements cost log cosh(1)
+    quantization = 3 * math.log(math.cosh(1.0)) / 6
+    assert parts["pairwise"] == pytest.approx(pairwise)
+    assert parts["quantization"] == pytest.approx(quantization)
+    assert loss.item() == pytest.approx(pairwise + 0.1 * quantization)
+    big = torch.tensor([0.0, 1.0, -3.0, 200.0], dtype=torch.float64)  # cosh(200) overflows float32; log cosh does not
+    torch.testing.assert_close(log_cosh(big), torch.tensor([0.0, math.log(math.cosh(1.0)), math.log(math.cosh(3.0)),
+                                                             200 - math.log(2.0)], dtype=torch.float64))
+
+
+def test_dbdh_discrete_codes_straight_through_and_balance_by_hand():
+    loss_fn = DBDHLoss()
+    raw = torch.tensor([[0.5, -2.0], [3.0, 1.0], [-1.0, -0.1]], requires_grad=True)
+    codes = loss_fn.activate(raw, 0)
+    assert codes.tolist() == [[1.0, -1.0], [1.0, 1.0], [-1.0, -1.0]]  # discrete in the forward pass
+    loss, parts = loss_fn(LossInputs.within_batch(codes, LABELS, codes))
+    pairwise = dpsh_pairwise([[1.0, 0.0, 0.0], [0.0, 1.0, -1.0], [0.0, -1.0, 1.0]])
+    balance = ((1 / 3) ** 2 + (-1 / 3) ** 2) / 2  # bit means (1 + 1 - 1) / 3 and (-1 + 1 - 1) / 3
+    assert parts["pairwise"] == pytest.approx(pairwise)
+    assert parts["balance"] == pytest.approx(balance)
+    assert loss.item() == pytest.approx(pairwise + 0.1 * balance)
+    weights = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    raw.grad = None
+    (straight_through_sign(raw) * weights).sum().backward()
+    assert torch.equal(raw.grad, weights)  # the gradient passes sign() unchanged
+
+
+def test_dlbhc_sigmoid_latent_classification_by_hand():
+    classifier = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        classifier.weight.copy_(torch.eye(2))
+        classifier.bias.zero_()
+    loss_fn = DLBHCLoss(classifier)
+    raw = torch.tensor([[0.0, 2.0], [0.0, 2.0]])
+    codes = loss_fn.activate(raw, 0)
+    torch.testing.assert_close(codes, torch.tanh(raw / 2))  # 2σ(f) - 1: threshold 0.5 on σ is sign(f)
+    labels = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # one label; two labels share the target
+    loss, parts = loss_fn(LossInputs.within_batch(codes, labels, codes))
+    logits = [0.5, 1 / (1 + math.exp(-2.0))]  # the latent layer σ(f), classified by the identity
+    log_norm = math.log(math.exp(logits[0]) + math.exp(logits[1]))
+    single = log_norm - logits[0]
+    double = log_norm - (logits[0] + logits[1]) / 2
+    assert parts["classification"] == pytest.approx((single + double) / 2, rel=1e-6)
+    assert loss_fn.companion is classifier
+    with pytest.raises(DahpError, match="number of classes"):
+        get_method("dlbhc").loss(LossSettings(8))
+
+
+class FixedStream(torch.nn.Module):
+    """Stands in for DAgH's guiding stream with known outputs."""
+
+    def __init__(self, guide: torch.Tensor, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.guide, self.mask = guide, mask
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.guide, self.mask
+
+
+def test_dagh_semantic_attention_and_guidance_by_hand():
+    guide = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, -2.0]])
+    mask = torch.tensor([1.0, 0.0, 0.0, 0.0]).view(1, 1, 2, 2).expand(3, 1, 2, 2)  # mean 0.25
+    loss_fn = DAgHLoss(FixedStream(guide, mask))
+    codes = torch.tensor([[0.5, 0.5], [1.0, 1.0], [0.0, 0.0]])
+    loss, parts = loss_fn(LossInputs(codes, LABELS, codes, codes, LABELS, images=torch.zeros(3, 3, 2, 2)))
+    semantic = dpsh_pairwise([[0.5, 0.5, 0.0], [0.5, 1.0, -1.0], [0.0, -1.0, 2.0]])
+    # guided codes sign(g) = (1, 0), (1, 1), (0, -1): squared differences .25 + .25 + 0 + 0 + 0 + 1 over 6
+    guidance = 1.5 / 6
+    assert parts["semantic"] == pytest.approx(semantic)
+    assert parts["quantization"] == pytest.approx(1 / 6)
+    assert parts["attention"] == pytest.approx(0.25)
+    assert parts["guidance"] == pytest.approx(guidance)
+    assert loss.item() == pytest.approx(semantic + 0.1 / 6 + 0.1 * 0.25 + guidance)
+    with pytest.raises(DahpError, match="needs the batch's images"):
+        loss_fn(LossInputs.within_batch(codes, LABELS, codes))
+
+
+def test_dagh_guiding_stream_starts_from_the_networks_backbone():
+    torch.manual_seed(0)
+    network = HashingNetwork(SMALL_NETWORK)
+    loss_fn = get_method("dagh").loss(LossSettings(16, network=SMALL_NETWORK))
+    first = loss_fn.companion.hashing
+    assert not torch.equal(first.backbone.conv1.weight, network.backbone.conv1.weight)
+    loss_fn.attach(network)
+    for name, value in network.backbone.state_dict().items():
+        assert torch.equal(first.backbone.state_dict()[name], value), name
+    assert not torch.equal(first.hash_layer.weight, network.hash_layer.weight)  # heads stay independent
+    mask = loss_fn.companion.attention(torch.randn(2, 3, 8, 8))
+    assert mask.shape == (2, 1, 8, 8) and ((mask > 0) & (mask < 1)).all()
+    with pytest.raises(DahpError, match="network's configuration"):
+        get_method("dagh").loss(LossSettings(16))

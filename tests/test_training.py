@@ -50,8 +50,9 @@ def test_training_reduces_the_loss_and_saves_a_loadable_model(small_digits, tmp_
     assert hasher.encode(small_digits).shape == (200, 2)
 
 
-def test_resume_after_interruption_equals_an_uninterrupted_run(small_digits, tmp_path, monkeypatch):
-    straight = _hasher().fit(small_digits, out_dir=tmp_path / "straight")
+@pytest.mark.parametrize("method", ["dahp", "dagh"])  # dagh: a companion network is checkpointed too
+def test_resume_after_interruption_equals_an_uninterrupted_run(small_digits, tmp_path, monkeypatch, method):
+    straight = _hasher(method=method).fit(small_digits, out_dir=tmp_path / "straight")
 
     def interrupt(trainer):
         raise KeyboardInterrupt
@@ -59,9 +60,9 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(small_digits, tmp
     with monkeypatch.context() as patch:
         _interrupt_after(patch, 1, interrupt)
         with pytest.raises(KeyboardInterrupt):
-            _hasher().fit(small_digits, out_dir=tmp_path / "resumed")
+            _hasher(method=method).fit(small_digits, out_dir=tmp_path / "resumed")
     assert not (tmp_path / "resumed" / MODEL_FILE).exists()
-    resumed = _hasher().fit(small_digits, out_dir=tmp_path / "resumed", resume=True)
+    resumed = _hasher(method=method).fit(small_digits, out_dir=tmp_path / "resumed", resume=True)
     for key, value in straight.model_.state_dict().items():
         assert torch.equal(value, resumed.model_.state_dict()[key]), key
     assert [r["loss"] for r in resumed.history_] == [r["loss"] for r in straight.history_]

@@ -33,6 +33,7 @@ from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import DahpError
 from .hasher import CHECKPOINT_FILE, DeepHasher
 from .methods import Method, parse_methods
+from .methods.registry import TABLE_IV
 from .metrics import evaluate
 from .models import ModelConfig, create_backbone, init_backbone
 from .models.weights import weights_spec
@@ -120,12 +121,12 @@ class RunPlan:
         return f"{self.method.name}-{self.bits}"
 
 
-def _deep_plan(method: Method, bits: int, budget: Budget, seed: int) -> RunPlan:
+def _deep_plan(method: Method, bits: int, budget: Budget, num_classes: int, seed: int) -> RunPlan:
     base = budget.network(bits)
     model = replace(base, attention=method.attention) if budget.shared_backbone else method.model_config(base)
     train = TrainConfig(**{**budget.train, **budget.method_train.get(method.name, {}), "method": method.name,
                            "seed": seed})
-    method.loss(train.loss_settings(bits))  # rejects options the method does not have
+    method.loss(train.loss_settings(bits, num_classes, model))  # rejects options the method does not have
     backbone = create_backbone(model.backbone, output_stride=model.output_stride, small_stem=model.small_stem)
     smallest = getattr(backbone, "min_image_size", 1)
     return RunPlan(method, bits, model, train, budget.preprocess(max(budget.image_size, smallest)),
@@ -152,7 +153,7 @@ def plan_runs(methods: list[Method], bits: list[int], budget: Budget, num_classe
     for length in bits:
         for method in methods:
             if method.deep:
-                plans.append(_deep_plan(method, length, budget, seed))
+                plans.append(_deep_plan(method, length, budget, num_classes, seed))
             else:
                 plans.append(RunPlan(method, length, None, None, budget.preprocess(budget.image_size), budget.weights))
     return plans
@@ -271,7 +272,7 @@ def _run_shallow(plan: RunPlan, cache: _FeatureCache) -> tuple[np.ndarray, np.nd
     features = cache.get(plan.preprocess)
     feature_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    encoder = plan.method.shallow(plan.bits, seed=0).fit(features["train"])
+    encoder = plan.method.shallow(plan.bits, seed=0).fit(features["train"], cache.data.train.labels)
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
     query, database = encoder.encode(features["query"]), encoder.encode(features["database"])
@@ -330,11 +331,13 @@ def _cell(value: float | None) -> str:
 
 
 def table_iv(records: dict[str, dict[str, Any]], methods: list[Method]) -> str:
-    """Methods x code lengths, measured mAP@ALL with the paper's CIFAR-10 figure beside it."""
+    """Methods x code lengths, measured mAP@ALL with the paper's CIFAR-10 figure beside it;
+    the paper's rows first in its order, then the methods it does not list."""
     bits = sorted({record["bits"] for record in records.values()})
     header = "| method | " + " | ".join(f"{b} bits (paper)" for b in bits) + " | wall time |"
     lines = [header, "|---" * (len(bits) + 2) + "|"]
-    for method in methods:
+    rank = {name: position for position, name in enumerate(TABLE_IV)}
+    for method in sorted(methods, key=lambda m: rank.get(m.name, len(rank))):
         runs = {b: records.get(f"{method.name}-{b}") for b in bits}
         if not any(runs.values()):
             continue

@@ -414,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--data", "--dataset", dest="data", default=None,
                            help="the collection (default: the budget's dataset, e.g. cifar10). " + SOURCE_HELP)
     benchmark.add_argument("--methods", default="dahp,dahp-v1,dahp-v2,dpsh",
-                           help="comma-separated method names or 'all' (list them: dahp methods)")
+                           help="comma-separated method names, 'all', or 'table-iv' (the paper's ten rows); "
+                                "list them: dahp methods")
     benchmark.add_argument("--bits", type=_bits_list, default=[48], help="code lengths, e.g. 12,24,32,48")
     benchmark.add_argument("--budget", default="smoke",
                            help="smoke, cpu, cpu-pretrained, paper, or a budget JSON file")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def similarity(labels_a: Tensor, labels_b: Tensor) -> Tensor:
@@ -58,6 +58,8 @@ class LossInputs:
     ``paired_labels`` are what the batch is paired with: the batch itself, or the memory
     of (detached) codes of the whole training set. ``targets`` are each image's ±1 anchor
     (DAHP) or hash centre (CSQ). ``step`` counts optimiser steps (HashNet's continuation).
+    ``images`` are the batch's (augmented) input images, for a loss whose companion
+    network sees them too (DAgH's guiding stream).
     """
 
     codes: Tensor
@@ -66,6 +68,7 @@ class LossInputs:
     paired_codes: Tensor
     paired_labels: Tensor
     step: int = 0
+    images: Tensor | None = None
 
     @classmethod
     def within_batch(cls, codes: Tensor, labels: Tensor, targets: Tensor, step: int = 0) -> LossInputs:
@@ -78,7 +81,18 @@ class HashLoss:
     Every loss is a mean over the batch's images (of per-image terms that may sum over
     pairs), so shards of one batch on several processes average to the same value.
     Codes are always ``sign(raw output)``: every ``activate`` must preserve signs.
+
+    A loss may train a *companion* module beside the network (DLBHC's classifier, DAgH's
+    guiding stream): the trainer optimises and checkpoints its parameters with the
+    network's, and it is dropped after training (encoding needs only the network).
     """
+
+    @property
+    def companion(self) -> nn.Module | None:
+        return None
+
+    def attach(self, network: nn.Module) -> None:
+        """Called once before training with the network being trained (before any resume)."""
 
     def activate(self, outputs: Tensor, step: int) -> Tensor:
         return outputs

@@ -30,6 +30,7 @@ from .data import ImageCollection, Preprocess, iterate_batches
 from .errors import DahpError
 from .losses import LossInputs, anchor_targets
 from .methods import LossSettings, get_method
+from .models import ModelConfig
 from .serialization import load_file, save_file
 
 OPTIMIZERS = ("sgd", "adam")
@@ -82,8 +83,8 @@ class TrainConfig:
         if not get_method(self.method).deep:
             raise DahpError(f"--method {self.method} works on fixed features; it does not train a network")
 
-    def loss_settings(self, bits: int) -> LossSettings:
-        return LossSettings(bits, self.anchor_weight, self.quantization_weight)
+    def loss_settings(self, bits: int, classes: int | None = None, network: ModelConfig | None = None) -> LossSettings:
+        return LossSettings(bits, self.anchor_weight, self.quantization_weight, classes, network)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,12 +114,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(parameters: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
@@ -188,9 +187,19 @@ class Trainer:
                             f"it must be at least {self.world}, got {self.config.batch_size}")
         self.model.to(self.device)
         self.network = distributed.wrap_model(self.model, self.device)  # self.model itself in one process
-        self.optimizer = _optimizer(self.model, self.config)
+        settings = self.config.loss_settings(self.anchors.shape[1], self.anchors.shape[0], getattr(self.model, "config", None))
+        self.loss = get_method(self.config.method).loss(settings)
+        self.companion = self.loss.companion
+        parameters = list(self.model.parameters())
+        if self.companion is not None:
+            if self.world > 1:
+                raise DahpError(f"--method {self.config.method} trains a companion module beside the network, "
+                                "which is not supported under torchrun; train it in one process")
+            self.companion.to(self.device)
+            self.loss.attach(self.model)
+            parameters += list(self.companion.parameters())
+        self.optimizer = _optimizer(parameters, self.config)
         self.scheduler = _scheduler(self.optimizer, self.config)
-        self.loss = get_method(self.config.method).loss(self.config.loss_settings(self.anchors.shape[1]))
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
         self.memory: torch.Tensor | None = None
@@ -234,6 +243,8 @@ class Trainer:
 
     def _run_epoch(self, epoch: int, data: ImageCollection, labels: torch.Tensor, targets: torch.Tensor) -> None:
         self.network.train()
+        if self.companion is not None:
+            self.companion.train()
         plan, mine = self._shards(epoch_order(len(data), self.config.seed, epoch))
         totals: dict[str, float] = {}
         seen, started = 0, time.perf_counter()
@@ -252,15 +263,17 @@ class Trainer:
                     images, self.config.augment, torch.Generator().manual_seed(step_seed), rows, len(batch)
                 )
             index, batch_index = torch.from_numpy(indices).to(self.device), torch.from_numpy(batch).to(self.device)
+            images = images.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                outputs = self.network(images.to(self.device, non_blocking=True))
+                outputs = self.network(images)
             codes = self.loss.activate(outputs.float(), global_step)
             if self.memory is not None:  # every rank stores the whole batch's codes, as one process would
                 self.memory[batch_index] = distributed.gather_rows(codes.detach(), sizes)
-                inputs = LossInputs(codes, labels[index], targets[index], self.memory, labels, global_step)
+                inputs = LossInputs(codes, labels[index], targets[index], self.memory, labels, global_step, images)
             else:  # this shard's rows against the whole batch, with gradients to every rank's codes
                 paired = distributed.gather_rows(codes, sizes)
-                inputs = LossInputs(codes, labels[index], targets[index], paired, labels[batch_index], global_step)
+                inputs = LossInputs(codes, labels[index], targets[index], paired, labels[batch_index], global_step,
+                                    images)
             loss, parts = self.loss(inputs)
             # Losses are means over images, so the ranks' losses weighted by their shard's share
             # of the batch add up to the batch's mean loss (logged below). DDP averages the
@@ -296,6 +309,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "memory": self.memory,
+            "companion": None if self.companion is None else self.companion.state_dict(),
             "epochs_done": epochs_done,
             "history": self.history,
         }
@@ -311,6 +325,8 @@ class Trainer:
             raise DahpError(f"{path} was trained with different settings ({', '.join(differing)}); "
                             "resume with the same options or start a new --out directory")
         self.model.load_state_dict(payload["model"])
+        if self.companion is not None:
+            self.companion.load_state_dict(payload["companion"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.memory = None if payload["memory"] is None else payload["memory"].to(self.device)

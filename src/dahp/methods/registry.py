@@ -18,23 +18,33 @@ from ..losses import HashLoss
 from ..models import ModelConfig
 
 PAPER_BITS = (12, 24, 32, 48)
+# The rows of the DAHP paper's Table IV, in its order ("Ours" first; FastH is DLBHC).
+TABLE_IV = ("dahp", "dbdh", "dagh", "dpsh", "hashnet", "dsh", "dlbhc", "dhn", "sdh", "itq")
 
 
 class ShallowEncoder(Protocol):
-    """What a shallow method builds: scikit-learn style ``fit`` / ``encode`` on feature rows."""
+    """What a shallow method builds: scikit-learn style ``fit`` / ``encode`` on feature rows.
 
-    def fit(self, features: np.ndarray) -> ShallowEncoder: ...
+    ``labels`` are the training rows' multi-hot labels (n, k); unsupervised methods ignore them."""
+
+    def fit(self, features: np.ndarray, labels: np.ndarray | None = None) -> ShallowEncoder: ...
 
     def encode(self, features: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
 class LossSettings:
-    """The code length and the user's loss options; ``None`` means the method's published default."""
+    """The code length and the user's loss options; ``None`` means the method's published default.
+
+    ``classes`` (the number of label classes) and ``network`` (the trained network's
+    configuration) are for losses with a companion module: a classifier, a second network.
+    """
 
     bits: int
     anchor_weight: float | None = None
     quantization_weight: float | None = None
+    classes: int | None = None
+    network: ModelConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -102,10 +112,12 @@ def get_method(name: str) -> Method:
 
 
 def parse_methods(text: str) -> list[Method]:
-    """``"dahp,dpsh"`` or ``"all"`` -> methods, in the order given (registry order for all)."""
-    names = list_methods() if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    """``"dahp,dpsh"``, ``"all"`` (registry order) or ``"table-iv"`` (the paper's ten) -> methods, in order."""
+    groups = {"all": list_methods(), "table-iv": list(TABLE_IV)}
+    names = groups.get(text.strip()) or [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise DahpError(f"--methods: expected comma-separated names or 'all'; valid methods: {', '.join(list_methods())}")
+        raise DahpError(f"--methods: expected comma-separated names, 'all' or 'table-iv'; "
+                        f"valid methods: {', '.join(list_methods())}")
     methods = [get_method(name) for name in names]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -117,6 +129,11 @@ def reject_anchor_weight(method: str, settings: LossSettings) -> None:
     """Methods without an anchor term refuse an explicit anchor weight instead of ignoring it."""
     if settings.anchor_weight:
         raise DahpError(f"--anchor-weight: method {method!r} has no anchor loss (use dahp, or set it to 0)")
+
+
+def reject_quantization_weight(method: str, settings: LossSettings) -> None:
+    if settings.quantization_weight:
+        raise DahpError(f"--quantization-weight: method {method!r} has no quantisation term")
 
 
 def quantization_weight(settings: LossSettings, default: float) -> float:

@@ -27,13 +27,13 @@ from .registry import Method, register_method
 _Hasher = TypeVar("_Hasher", bound="_LinearHasher")
 
 
-def _check_int(value: object, name: str, minimum: int) -> int:
+def check_int(value: object, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise DahpError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
-def _check_features(features: np.ndarray, who: str) -> np.ndarray:
+def check_features(features: np.ndarray, who: str) -> np.ndarray:
     """A finite 2-D real array with at least one row and column, as float64.
 
     Integer arrays (e.g. pixels) are accepted and converted; bool, complex and
@@ -59,8 +59,8 @@ class _LinearHasher:
     """Shared part: ``code = [(x - mean_) @ projection_ > 0]``, with ``projection_`` learned by ``fit``."""
 
     def __init__(self, bits: int, seed: int = 0) -> None:
-        self.bits = check_bits(_check_int(bits, "bits", 1))
-        self.seed = _check_int(seed, "seed", 0)
+        self.bits = check_bits(check_int(bits, "bits", 1))
+        self.seed = check_int(seed, "seed", 0)
         self.mean_: np.ndarray | None = None
         self.projection_: np.ndarray | None = None  # (n_features_in_, bits)
         self.n_features_in_: int | None = None
@@ -72,10 +72,13 @@ class _LinearHasher:
     def _params(self) -> dict[str, object]:
         return {"bits": self.bits, "seed": self.seed}
 
-    def fit(self: _Hasher, features: np.ndarray) -> _Hasher:
-        """Learn the mean and the ``(n_features, bits)`` projection from training rows; returns ``self``."""
+    def fit(self: _Hasher, features: np.ndarray, labels: np.ndarray | None = None) -> _Hasher:
+        """Learn the mean and the ``(n_features, bits)`` projection from training rows; returns ``self``.
+
+        ``labels`` is accepted (and ignored: LSH and ITQ are unsupervised) so that every
+        shallow method is fitted the same way, as scikit-learn's ``fit(X, y=None)``."""
         who = f"{type(self).__name__}.fit"
-        array = _check_features(features, who)
+        array = check_features(features, who)
         if array.shape[0] < 2:
             raise DahpError(f"{who}: need at least 2 training samples to centre the features, got {array.shape[0]}")
         mean = array.mean(axis=0)
@@ -92,7 +95,7 @@ class _LinearHasher:
         name = type(self).__name__
         if self.mean_ is None or self.projection_ is None:
             raise DahpError(f"{name} is not fitted: call fit(training_features) before encoding")
-        array = _check_features(features, f"{name}.encode")
+        array = check_features(features, f"{name}.encode")
         if array.shape[1] != self.n_features_in_:
             raise DahpError(
                 f"{name}.encode: features have {array.shape[1]} dimensions but the hasher was "
@@ -150,7 +153,7 @@ class ITQ(_LinearHasher):
 
     def __init__(self, bits: int, iterations: int = 50, seed: int = 0) -> None:
         super().__init__(bits, seed)
-        self.iterations = _check_int(iterations, "iterations", 0)
+        self.iterations = check_int(iterations, "iterations", 0)
         self.pca_: PCA | None = None
         self.rotation_: np.ndarray | None = None
         self.quantization_loss_: np.ndarray | None = None
