@@ -95,3 +95,18 @@ def test_importing_metrics_does_not_import_matplotlib() -> None:
     code = "import sys, dahp.metrics, dahp.plots; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_whole_benchmark_of_runs_gets_one_legend_beside_the_plots(tmp_path: Path) -> None:
+    import warnings
+
+    import matplotlib.image
+
+    many = {f"method{i}-{bits}": fake_result(bits, i) for i in range(14) for bits in (12, 24, 32, 48)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied" when 56 entries squash the axes
+        plot_pr_curves(many, tmp_path / "pr.png")
+    assert_png(tmp_path / "pr.png")
+    plot_pr_curves({"a": fake_result(12, 0)}, tmp_path / "few.png")
+    few_width = matplotlib.image.imread(tmp_path / "few.png").shape[1]
+    assert matplotlib.image.imread(tmp_path / "pr.png").shape[1] > few_width  # grown to hold the legend

@@ -10,6 +10,7 @@ importing this module, or dahp.metrics, stays cheap.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,10 +49,27 @@ def _save_png(figure: Figure, path: str | Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+LEGEND_INSIDE = 10  # more lines than this (a whole benchmark's runs) get one legend beside the plots
+LEGEND_ROWS = 30
+
+
 def _style(axes: Axes, title: str, xlabel: str, ylabel: str) -> None:
     axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
+    if len(axes.get_legend_handles_labels()[1]) <= LEGEND_INSIDE:
+        axes.legend(fontsize="small")
+
+
+def _legend_beside(figure: Figure, axes: Axes) -> None:
+    """For many lines: one legend to the right of all axes, in columns of ``LEGEND_ROWS``,
+    with the figure grown to hold it (inside the axes it would squash them to nothing)."""
+    handles, labels = axes.get_legend_handles_labels()
+    if len(labels) <= LEGEND_INSIDE:
+        return
+    columns = math.ceil(len(labels) / LEGEND_ROWS)
+    width, height = figure.get_size_inches()
+    figure.set_size_inches(width + 1.8 * columns, max(height, 0.16 * min(len(labels), LEGEND_ROWS) + 1))
+    figure.legend(handles, labels, loc="outside right upper", fontsize="x-small", ncol=columns)
 
 
 def plot_pr_curves(results: dict[str, dict[str, Any]], path: str | Path) -> None:
@@ -67,6 +85,7 @@ def plot_pr_curves(results: dict[str, dict[str, Any]], path: str | Path) -> None
         by_rank.plot(result["pr_by_rank"]["recall"], result["pr_by_rank"]["precision"], label=method)
     _style(by_radius, "PR by Hamming radius", "recall", "precision")
     _style(by_rank, "PR by rank", "recall", "precision")
+    _legend_beside(figure, by_rank)
     _save_png(figure, path)
 
 
@@ -77,6 +96,7 @@ def plot_precision_at_n(results: dict[str, dict[str, Any]], path: str | Path) ->
     for method, result in results.items():
         axes.plot(result["precision_at_n"]["n"], result["precision_at_n"]["precision"], label=method)
     _style(axes, "Precision@N", "N (top returned)", "precision")
+    _legend_beside(figure, axes)
     _save_png(figure, path)
 
 
@@ -103,6 +123,7 @@ def plot_precision_within_radius_vs_bits(
     axes.set_xticks(sorted({result["bits"] for result in all_results}))
     radius = radii.pop()
     _style(axes, f"Precision within Hamming radius {radius}", "code length (bits)", f"P@H≤{radius}")
+    _legend_beside(figure, axes)
     _save_png(figure, path)
 
 
