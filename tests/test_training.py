@@ -100,6 +100,18 @@ def test_train_config_validation():
         TrainConfig(epochs=0)
 
 
+def test_a_loss_with_a_companion_module_refuses_torchrun(monkeypatch):
+    from dahp import distributed
+    from dahp.models import HashingNetwork
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "wrap_model", lambda model, device: model)
+    anchors = torch.where(torch.rand(10, 16) > 0.5, 1.0, -1.0)
+    with pytest.raises(DahpError, match="--method dlbhc trains a companion module .* not supported under torchrun"):
+        Trainer(HashingNetwork(SMALL_MODEL), anchors, default_preprocess("digits"), TrainConfig(method="dlbhc"),
+                torch.device("cpu"), progress=False)
+
+
 @pytest.mark.slow
 def test_sigkill_during_training_then_resume(tmp_path):
     """A run killed with SIGKILL resumes from its last checkpoint to the uninterrupted result."""

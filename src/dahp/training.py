@@ -167,7 +167,10 @@ class Trainer:
     Under torchrun it joins the process group (``dahp.distributed.setup``, which leaves
     it at exit). HashNet is the one loss that is then not exactly the single-process
     one: its class-balance weights count the similar and dissimilar pairs of each
-    process's shard, not of the whole batch.
+    process's shard, not of the whole batch. A loss with a companion module (DLBHC's
+    classifier, DAgH's guiding stream) trains it with the network's optimiser and
+    keeps it in the checkpoint; such losses run in one process only (the companion is
+    not wrapped for DDP, so its gradients would not be averaged).
     """
 
     model: nn.Module
