@@ -2,6 +2,7 @@ import itertools
 
 import numpy as np
 import pytest
+from synthetic import clustered
 
 from dahp.codes import unpack_codes
 from dahp.errors import DahpError
@@ -10,24 +11,9 @@ from dahp.methods.shallow import ITQ
 from dahp.metrics import mean_average_precision
 
 
-def clustered(seed: int = 0, clusters: int = 5, per_cluster: int = 200, dims: int = 32,
-              separation: float = 0.7, noise_dims: int = 0, noise_scale: float = 3.0):
-    """Gaussian clusters (unit noise, centres ~ N(0, separation²)), label = cluster, shuffled.
-
-    ``noise_dims`` extra dimensions of pure noise with standard deviation ``noise_scale``
-    dominate the variance without carrying any label information."""
-    rng = np.random.default_rng(seed)
-    centres = separation * rng.standard_normal((clusters, dims))
-    labels = np.repeat(np.arange(clusters), per_cluster)
-    features = centres[labels] + rng.standard_normal((len(labels), dims))
-    features = np.hstack([features, noise_scale * rng.standard_normal((len(labels), noise_dims))])
-    order = rng.permutation(len(labels))
-    return features[order], labels[order]
-
-
 @pytest.fixture(scope="module")
 def split():
-    features, labels = clustered()
+    features, labels = clustered(dims=32)
     return features[:100], labels[:100], features[100:], labels[100:]  # queries, database (= training set)
 
 
@@ -103,7 +89,7 @@ def test_dcc_sweeps_reach_a_fixed_point_and_never_increase_the_objective() -> No
 
 @pytest.mark.parametrize("nu", [1e-5, 1e-2, 1.0])
 def test_objective_never_increases(nu: float) -> None:
-    features, labels = clustered(clusters=10, separation=0.3)
+    features, labels = clustered(dims=32, clusters=10, separation=0.3)
     labels = labels % 3  # three classes, each a union of clusters
     objective = SDH(16, anchors=150, nu=nu, iterations=6).fit(features, labels).objective_
     assert objective.shape == (6,)
@@ -118,7 +104,7 @@ def test_codes_retrieve_same_class_far_above_chance(split) -> None:
 
 
 def test_supervision_beats_itq_when_label_free_noise_dominates_the_variance() -> None:
-    features, labels = clustered(noise_dims=64)
+    features, labels = clustered(dims=32, noise_dims=64)
     split = features[:100], labels[:100], features[100:], labels[100:]
     sdh = retrieval_map(SDH(32, anchors=200), split, supervised=True)
     itq = retrieval_map(ITQ(32), split, supervised=False)
@@ -140,7 +126,7 @@ def test_fitted_attributes(fitted, split) -> None:
 
 
 def test_anchors_are_capped_at_the_training_set_size() -> None:
-    features, labels = clustered(per_cluster=10)
+    features, labels = clustered(dims=32, per_cluster=10)
     assert SDH(8, anchors=1000).fit(features, labels).anchors_.shape == (50, features.shape[1])
 
 

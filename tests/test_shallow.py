@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from synthetic import clustered
 
 from dahp.codes import unpack_codes
 from dahp.errors import DahpError
@@ -7,16 +8,6 @@ from dahp.methods.shallow import ITQ, LSH, itq_rotation
 from dahp.metrics import mean_average_precision
 
 HASHERS = [LSH, ITQ]
-
-
-def clustered(seed: int = 0, clusters: int = 5, per_cluster: int = 200, dims: int = 64, separation: float = 0.7):
-    """Gaussian clusters (unit noise, centres ~ N(0, separation²)) in ``dims`` dimensions, shuffled."""
-    rng = np.random.default_rng(seed)
-    centres = separation * rng.standard_normal((clusters, dims))
-    labels = np.repeat(np.arange(clusters), per_cluster)
-    features = centres[labels] + rng.standard_normal((len(labels), dims))
-    order = rng.permutation(len(labels))
-    return features[order], labels[order]
 
 
 @pytest.fixture(scope="module")
