@@ -110,3 +110,9 @@ def test_a_whole_benchmark_of_runs_gets_one_legend_beside_the_plots(tmp_path: Pa
     plot_pr_curves({"a": fake_result(12, 0)}, tmp_path / "few.png")
     few_width = matplotlib.image.imread(tmp_path / "few.png").shape[1]
     assert matplotlib.image.imread(tmp_path / "pr.png").shape[1] > few_width  # grown to hold the legend
+
+
+def test_lines_beyond_the_colour_cycle_change_style() -> None:
+    from dahp.plots import _line_style
+
+    assert [_line_style(i) for i in (0, 9, 10, 19, 20, 30, 40)] == ["-", "-", "--", "--", ":", "-.", "-"]

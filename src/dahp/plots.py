@@ -32,6 +32,14 @@ def _check_results(results: dict[str, dict[str, Any]], keys: tuple[str, ...], na
             )
 
 
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def _line_style(index: int) -> str:
+    """Solid for the first ten lines, then dashed, dotted…: the colour cycle repeats after ten."""
+    return LINE_STYLES[(index // 10) % len(LINE_STYLES)]
+
+
 def _new_figure(n_axes: int) -> tuple[Figure, list[Axes]]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -80,9 +88,11 @@ def plot_pr_curves(results: dict[str, dict[str, Any]], path: str | Path) -> None
     """
     _check_results(results, ("pr_by_radius", "pr_by_rank"))
     figure, (by_radius, by_rank) = _new_figure(2)
-    for method, result in results.items():
-        by_radius.plot(result["pr_by_radius"]["recall"], result["pr_by_radius"]["precision"], marker=".", label=method)
-        by_rank.plot(result["pr_by_rank"]["recall"], result["pr_by_rank"]["precision"], label=method)
+    for index, (method, result) in enumerate(results.items()):
+        style = _line_style(index)
+        by_radius.plot(result["pr_by_radius"]["recall"], result["pr_by_radius"]["precision"], marker=".",
+                       linestyle=style, label=method)
+        by_rank.plot(result["pr_by_rank"]["recall"], result["pr_by_rank"]["precision"], linestyle=style, label=method)
     _style(by_radius, "PR by Hamming radius", "recall", "precision")
     _style(by_rank, "PR by rank", "recall", "precision")
     _legend_beside(figure, by_rank)
@@ -93,8 +103,9 @@ def plot_precision_at_n(results: dict[str, dict[str, Any]], path: str | Path) ->
     """P@N curve per method over the evaluated N grid."""
     _check_results(results, ("precision_at_n",))
     figure, (axes,) = _new_figure(1)
-    for method, result in results.items():
-        axes.plot(result["precision_at_n"]["n"], result["precision_at_n"]["precision"], label=method)
+    for index, (method, result) in enumerate(results.items()):
+        axes.plot(result["precision_at_n"]["n"], result["precision_at_n"]["precision"], linestyle=_line_style(index),
+                  label=method)
     _style(axes, "Precision@N", "N (top returned)", "precision")
     _legend_beside(figure, axes)
     _save_png(figure, path)
@@ -117,9 +128,9 @@ def plot_precision_within_radius_vs_bits(
     if len(radii) != 1:
         raise DahpError(f"results_by_bits: expected one Hamming radius across all results, got {sorted(radii)}")
     figure, (axes,) = _new_figure(1)
-    for method, by_bits in results_by_bits.items():
+    for index, (method, by_bits) in enumerate(results_by_bits.items()):
         points = sorted((result["bits"], result["precision_within_radius"]) for result in by_bits.values())
-        axes.plot(*zip(*points), marker="o", label=method)
+        axes.plot(*zip(*points), marker="o", linestyle=_line_style(index), label=method)
     axes.set_xticks(sorted({result["bits"] for result in all_results}))
     radius = radii.pop()
     _style(axes, f"Precision within Hamming radius {radius}", "code length (bits)", f"P@H≤{radius}")
