@@ -59,7 +59,7 @@ def test_methods_without_an_anchor_loss_refuse_an_anchor_weight():
     for name in DEEP[1:]:
         with pytest.raises(DahpError, match=f"method '{name}' has no anchor loss"):
             get_method(name).loss(LossSettings(8, anchor_weight=0.05, classes=2, network=SMALL_NETWORK))
-    for name in ("dlbhc", "dagh"):
+    for name in ("dbdh", "dlbhc", "dagh"):
         with pytest.raises(DahpError, match=f"method '{name}' has no quantisation term"):
             get_method(name).loss(LossSettings(8, quantization_weight=0.1, classes=2, network=SMALL_NETWORK))
     with pytest.raises(DahpError, match="shallow"):

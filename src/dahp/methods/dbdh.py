@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..losses import HashLoss, LossInputs, pairwise_nll, similarity, weighted_sum
-from .registry import LossSettings, Method, quantization_weight, register_method, reject_anchor_weight
+from .registry import LossSettings, Method, register_method, reject_anchor_weight, reject_quantization_weight
 
 
 def straight_through_sign(outputs: Tensor) -> Tensor:
@@ -48,9 +48,9 @@ class DBDHLoss(HashLoss):
 
 
 def _dbdh_loss(settings: LossSettings) -> DBDHLoss:
-    """``--quantization-weight`` sets β: DBDH's codes are already discrete, its one regulariser is the balance."""
     reject_anchor_weight("dbdh", settings)
-    return DBDHLoss(quantization_weight(settings, 0.1))
+    reject_quantization_weight("dbdh", settings)  # its codes are discrete: there is nothing to quantise
+    return DBDHLoss()
 
 
 register_method(Method(
