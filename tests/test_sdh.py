@@ -2,9 +2,8 @@ import itertools
 
 import numpy as np
 import pytest
-from synthetic import clustered
+from synthetic import assert_packed_codes, clustered
 
-from dahp.codes import unpack_codes
 from dahp.errors import DahpError
 from dahp.methods.sdh import SDH, dcc_bit_update, dcc_sweeps, rbf_bandwidth, rbf_features
 from dahp.methods.shallow import ITQ
@@ -148,13 +147,7 @@ def test_rbf_features_and_bandwidth_match_the_definitions() -> None:
 @pytest.mark.parametrize("bits", [8, 12, 24])
 def test_encode_gives_packed_uint8_codes(bits: int, split) -> None:
     query, _, database, database_labels = split
-    model = SDH(bits, anchors=100).fit(database, database_labels)
-    codes = model.encode(query)
-    assert codes.dtype == np.uint8
-    assert codes.shape == (len(query), (bits + 7) // 8)
-    real = model.encode_real(query)
-    assert real.shape == (len(query), bits)
-    np.testing.assert_array_equal(unpack_codes(codes, bits), real > 0)
+    assert_packed_codes(SDH(bits, anchors=100).fit(database, database_labels), query, bits)
 
 
 def test_deterministic_under_a_seed(split) -> None:

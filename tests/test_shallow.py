@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from synthetic import clustered
+from synthetic import assert_packed_codes, clustered
 
 from dahp.codes import unpack_codes
 from dahp.errors import DahpError
@@ -37,15 +37,7 @@ def test_codes_retrieve_same_cluster_far_above_chance_and_itq_beats_lsh(split) -
 @pytest.mark.parametrize("hasher", HASHERS)
 def test_encode_gives_packed_uint8_codes(hasher, bits: int, split) -> None:
     query, _, database, _ = split
-    model = hasher(bits).fit(database)
-    codes = model.encode(query)
-    assert codes.dtype == np.uint8
-    assert codes.shape == (len(query), (bits + 7) // 8)
-    real = model.encode_real(query)
-    assert real.shape == (len(query), bits)
-    np.testing.assert_array_equal(unpack_codes(codes, bits), real > 0)
-    if bits % 8:
-        assert not np.any(codes[:, -1] & ((1 << (8 - bits % 8)) - 1))  # zero padding
+    assert_packed_codes(hasher(bits).fit(database), query, bits)
 
 
 @pytest.mark.parametrize("hasher", HASHERS)
