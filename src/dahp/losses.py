@@ -70,6 +70,11 @@ class LossInputs:
     step: int = 0
     images: Tensor | None = None
 
+    @property
+    def similar(self) -> Tensor:
+        """``s_ij`` of each batch image against each image it is paired with."""
+        return similarity(self.labels, self.paired_labels)
+
     @classmethod
     def within_batch(cls, codes: Tensor, labels: Tensor, targets: Tensor, step: int = 0) -> LossInputs:
         return cls(codes, labels, targets, codes, labels, step)
@@ -101,6 +106,11 @@ class HashLoss:
         raise NotImplementedError
 
 
+def batch_pairwise_nll(inputs: LossInputs) -> Tensor:
+    """The pairwise likelihood term (eq. 9) of the batch's codes against their pairs: DAHP, DPSH, DHN, DBDH."""
+    return pairwise_nll(inputs.codes, inputs.paired_codes, inputs.similar)
+
+
 def weighted_sum(terms: dict[str, tuple[float, Tensor]]) -> tuple[Tensor, dict[str, float]]:
     """The loss ``Σ weight * value`` and each unweighted value, for the training log."""
     total = sum(weight * value for weight, value in terms.values())
@@ -121,8 +131,7 @@ class DAHPLoss(HashLoss):
 
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
         codes = inputs.codes
-        similar = similarity(inputs.labels, inputs.paired_labels)
-        terms = {"pairwise": (1.0, pairwise_nll(codes, inputs.paired_codes, similar))}
+        terms = {"pairwise": (1.0, batch_pairwise_nll(inputs))}
         if self.anchor_weight:
             terms["anchor"] = (self.anchor_weight, anchor_mse(codes, inputs.targets))
         if self.quantization_weight:

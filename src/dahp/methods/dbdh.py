@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..losses import HashLoss, LossInputs, pairwise_nll, similarity, weighted_sum
+from ..losses import HashLoss, LossInputs, batch_pairwise_nll, weighted_sum
 from .registry import LossSettings, Method, register_method, reject_anchor_weight, reject_quantization_weight
 
 
@@ -40,9 +40,8 @@ class DBDHLoss(HashLoss):
         return straight_through_sign(outputs)
 
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
-        similar = similarity(inputs.labels, inputs.paired_labels)
         return weighted_sum({
-            "pairwise": (1.0, pairwise_nll(inputs.codes, inputs.paired_codes, similar)),
+            "pairwise": (1.0, batch_pairwise_nll(inputs)),
             "balance": (self.balance, bit_balance(inputs.codes)),
         })
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..losses import HashLoss, LossInputs, pairwise_nll, similarity, weighted_sum
+from ..losses import HashLoss, LossInputs, batch_pairwise_nll, weighted_sum
 from .registry import LossSettings, Method, quantization_weight, register_method, reject_anchor_weight
 
 
@@ -38,9 +38,8 @@ class DHNLoss(HashLoss):
     quantization: float = 0.1
 
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
-        similar = similarity(inputs.labels, inputs.paired_labels)
         return weighted_sum({
-            "pairwise": (1.0, pairwise_nll(inputs.codes, inputs.paired_codes, similar)),
+            "pairwise": (1.0, batch_pairwise_nll(inputs)),
             "quantization": (self.quantization, smooth_quantization(inputs.codes)),
         })
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..losses import HashLoss, LossInputs, similarity, weighted_sum
+from ..losses import HashLoss, LossInputs, weighted_sum
 from .registry import LossSettings, Method, quantization_weight, register_method, reject_anchor_weight
 
 
@@ -38,9 +38,8 @@ class DSHLoss(HashLoss):
 
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
         distances = squared_distances(inputs.codes, inputs.paired_codes)
-        similar = similarity(inputs.labels, inputs.paired_labels)
         return weighted_sum({
-            "contrastive": (1.0, contrastive(distances, similar, margin=2.0 * self.bits)),
+            "contrastive": (1.0, contrastive(distances, inputs.similar, margin=2.0 * self.bits)),
             "regulariser": (self.alpha, binary_regulariser(inputs.codes)),
         })
 

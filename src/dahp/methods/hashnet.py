@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import DahpError
-from ..losses import HashLoss, LossInputs, similarity, weighted_sum
+from ..losses import HashLoss, LossInputs, weighted_sum
 from .registry import LossSettings, Method, register_method, reject_anchor_weight
 
 
@@ -43,8 +43,7 @@ class HashNetLoss(HashLoss):
 
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
         inner = (10.0 / self.bits) * inputs.codes @ inputs.paired_codes.T
-        similar = similarity(inputs.labels, inputs.paired_labels)
-        return weighted_sum({"pairwise": (1.0, balanced_pairwise_cross_entropy(inner, similar))})
+        return weighted_sum({"pairwise": (1.0, balanced_pairwise_cross_entropy(inner, inputs.similar))})
 
 
 def _hashnet_loss(settings: LossSettings) -> HashNetLoss:
