@@ -9,6 +9,13 @@ quantisation loss is needed. The pairwise likelihood is the DPSH form on those c
 (β = 0.1 in our averaged form).
 Deviations: pairs against the run's pair source (the memory holds the discrete codes
 of the training set) and the run's backbone in place of DBDH's.
+
+Known behaviour: while the codes carry no class information the pairwise likelihood
+pulls every code towards 0 (``θ = 0`` scores log 2, random ±1 codes about 1.56). The
+straight-through gradient follows that pull into the outputs' scale, not their signs,
+until each bit's offset decides its sign for every image and the codes collapse;
+``benchmarks/ste_probe.py`` shows it on synthetic clusters beside the same loss on
+``clamp(u, -1, 1)``, which learns.
 """
 
 from __future__ import annotations
