@@ -2,11 +2,13 @@
 
 import json
 
+import numpy as np
 import pytest
 
-from dahp.benchmark import Budget, table_iii, table_iv
+from dahp.benchmark import Budget, table_iii, table_iv, tie_inflated
 from dahp.errors import DahpError
 from dahp.methods import parse_methods
+from dahp.metrics import evaluate
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +93,7 @@ def test_pretrained_budget_without_local_weights_fails_before_training(cli, tmp_
 
 def test_tables_put_paper_figures_beside_measured_ones():
     def record(method, bits, value):
-        return {"method": method, "bits": bits, "wall_seconds": 60.0, "metrics": {"map": value}}
+        return {"method": method, "bits": bits, "wall_seconds": 60.0, "metrics": {"map": value, "map_expected": value}}
 
     records = {"dpsh-48": record("dpsh", 48, 0.40), "dahp-48": record("dahp", 48, 0.50),
                "dahp-12": record("dahp", 12, 0.30)}
@@ -101,6 +103,24 @@ def test_tables_put_paper_figures_beside_measured_ones():
     assert "| DPSH | – (0.7292) | 0.4000 (0.7455) | 1.0 min |" in iv
     iii = table_iii(records, methods)
     assert "| DAHP | 0.5000 | 1.250 | 0.8477 | 1.137 |" in iii
+    assert "‡" not in iv
+
+
+def test_table_iv_flags_runs_that_the_database_order_ranks():
+    # One code for every image: every database image ties, so the database order ranks them.
+    labels = np.repeat(np.arange(10), 50)
+    database = np.zeros((500, 2), dtype=np.uint8)  # packed 12-bit codes
+    query = np.zeros((20, 2), dtype=np.uint8)
+    collapsed = evaluate(query, database, labels[::25], labels, 12)
+    assert collapsed["map_expected"] < 0.12 < 0.2 < collapsed["map"]  # a tenth of the database is relevant
+    assert tie_inflated(collapsed)
+    records = {"dbdh-12": {"method": "dbdh", "bits": 12, "wall_seconds": 6.0, "metrics": collapsed},
+               "dhn-12": {"method": "dhn", "bits": 12, "wall_seconds": 6.0,
+                          "metrics": {"map": 0.30, "map_expected": 0.29}}}
+    iv = table_iv(records, parse_methods("dbdh,dhn"))
+    assert f"| DBDH | {collapsed['map']:.4f}‡ (0.7266) | 0.1 min |" in iv
+    assert "| DHN | 0.3000 (0.5550) | 0.1 min |" in iv
+    assert f"Tie-aware mAP: dbdh-12 {collapsed['map_expected']:.4f}." in iv
 
 
 def test_smoke_benchmark_of_all_methods_gives_the_whole_table_iv(cli, tmp_path, capsys):
@@ -117,6 +137,6 @@ def test_smoke_benchmark_of_all_methods_gives_the_whole_table_iv(cli, tmp_path, 
     for row in rows:  # a measured figure and the wall time in every row at every length
         cells = row.split(" | ")
         assert len(cells) == 6 and cells[-1].endswith("min |")
-        assert all(0 < float(cell.split(" ")[0]) <= 1 for cell in cells[1:5]), row
+        assert all(0 < float(cell.split(" ")[0].rstrip("‡")) <= 1 for cell in cells[1:5]), row
     sdh = json.loads((out / "runs" / "sdh-48.json").read_text())
     assert sdh["metrics"]["map"] > 0.4  # supervised on the digits' pixels: far above chance (0.1)
