@@ -1,6 +1,7 @@
 """``dahp benchmark``: the smoke budget end to end, resuming, and refusing bad or mixed setups."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,3 +141,12 @@ def test_smoke_benchmark_of_all_methods_gives_the_whole_table_iv(cli, tmp_path, 
         assert all(0 < float(cell.split(" ")[0].rstrip("‡")) <= 1 for cell in cells[1:5]), row
     sdh = json.loads((out / "runs" / "sdh-48.json").read_text())
     assert sdh["metrics"]["map"] > 0.4  # supervised on the digits' pixels: far above chance (0.1)
+
+
+def test_untrained_control_budget_is_the_cpu_budget_left_untrained():
+    control = Budget.load(str(Path(__file__).parents[1] / "benchmarks" / "untrained-cpu.json"))
+    cpu = Budget.load("cpu")
+    assert (control.dataset, control.protocol, control.image_size, control.model, control.weights) == (
+        cpu.dataset, cpu.protocol, cpu.image_size, cpu.model, cpu.weights)
+    assert control.train == {**cpu.train, "epochs": 1, "lr": 1e-9}  # the networks stay at their random init
+    assert control.method_train == {}  # DPSH's lr override would train its AlexNet
