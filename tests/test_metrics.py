@@ -8,6 +8,8 @@ import pytest
 from dahp.codes import pack_codes
 from dahp.errors import DahpError
 from dahp.metrics import (
+    chance_levels,
+    chance_map,
     evaluate,
     mean_average_precision,
     precision_at_n,
@@ -428,3 +430,59 @@ def test_new_validation_errors() -> None:
     dirty[:, -1] |= 0b0001  # a padding bit beyond bit 12
     with pytest.raises(DahpError, match="beyond bit 12"):
         evaluate(codes, dirty, labels, labels, 12)
+
+
+# --- chance: a uniformly random ranking ------------------------------------------------------------
+
+
+def _average_over_permutations(query_labels, database_labels, top_k) -> float:
+    """mAP@K averaged over every ordering of the database: the definition of a random ranking's mAP."""
+    n = len(database_labels)
+    zeros = np.zeros((1, 4), dtype=np.uint8)
+    scores = [
+        reference_map(zeros.repeat(len(query_labels), 0), zeros.repeat(n, 0), query_labels,
+                      database_labels[list(order)], top_k)
+        for order in itertools.permutations(range(n))
+    ]
+    return float(np.mean(scores))
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+@pytest.mark.parametrize("top_k", [1, 3, None])
+def test_chance_map_is_the_mean_over_all_orderings_of_the_database(multi_label: bool, top_k) -> None:
+    _, _, query_labels, database_labels = random_case(5, multi_label, n_query=4, n_database=7, label_density=0.4)
+    expected = _average_over_permutations(query_labels, database_labels, top_k)
+    assert chance_map(query_labels, database_labels, top_k=top_k, chunk_size=3) == pytest.approx(expected, abs=1e-12)
+
+
+def test_chance_map_closed_form_and_its_floor_of_about_r_over_n() -> None:
+    # Ten balanced classes (CIFAR-10's shape): every query has R = N/10 relevant items.
+    database_labels = np.repeat(np.arange(10), 590)
+    query_labels = np.repeat(np.arange(10), 10)
+    n, r = len(database_labels), 590
+    a = (r - 1) / (n - 1)
+    closed_form = a + (1 - a) * np.sum(1.0 / np.arange(1, n + 1)) / n
+    levels = chance_levels(query_labels, database_labels)
+    assert levels["chance_map"] == pytest.approx(closed_form, abs=1e-12)
+    assert 0.1 < levels["chance_map"] < 0.102 and levels["chance_precision"] == pytest.approx(0.1, abs=1e-15)
+    # Multi-hot one-hot labels are the same split as class ids.
+    one_hot = np.eye(10, dtype=np.uint8)
+    assert chance_levels(one_hot[query_labels], one_hot[database_labels]) == pytest.approx(levels, abs=1e-12)
+    # A class absent from the database scores 0 and counts.
+    assert chance_map(np.array([0, 11]), database_labels) == pytest.approx(levels["chance_map"] / 2, abs=1e-12)
+
+
+def test_evaluate_reports_the_chance_level_of_its_own_split() -> None:
+    case = tie_heavy_case(2, True, 6, n_query=9)
+    query_labels, database_labels = case[2], case[3]
+    for top_k in (5, None):
+        result = evaluate(*packed(case), top_k=top_k, chunk_size=4)
+        assert result["chance_map"] == pytest.approx(chance_map(query_labels, database_labels, top_k), abs=1e-12)
+        shared = relevance(query_labels, database_labels)
+        assert result["chance_precision"] == pytest.approx(shared.mean(), abs=1e-12)
+    # Codes that tie everything are a random ranking, so their tie-aware mAP is the chance level.
+    zeros = np.zeros((len(query_labels), 1), dtype=np.uint8)
+    collapsed = evaluate(zeros, np.zeros((len(database_labels), 1), dtype=np.uint8), query_labels, database_labels, 8)
+    assert collapsed["map_expected"] == pytest.approx(collapsed["chance_map"], abs=1e-12)
+    with pytest.raises(DahpError, match="at least one query"):
+        chance_map(query_labels[:0], database_labels)

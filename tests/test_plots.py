@@ -7,7 +7,14 @@ import pytest
 from dahp.codes import pack_codes
 from dahp.errors import DahpError
 from dahp.metrics import evaluate
-from dahp.plots import markdown_table, plot_pr_curves, plot_precision_at_n, plot_precision_within_radius_vs_bits
+from dahp.plots import (
+    markdown_table,
+    plot_pr_curves,
+    plot_precision_at_n,
+    plot_precision_within_radius_vs_bits,
+    pr_curves_figure,
+    precision_at_n_figure,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -58,19 +65,39 @@ def test_plot_overwrites_existing_file(tmp_path: Path, results: dict[str, dict])
 def test_markdown_table(results: dict[str, dict]) -> None:
     results = {**results, "DAHP@1000": {**results["DAHP"], "top_k": 1000}}
     lines = markdown_table(results).splitlines()
-    assert lines[0] == "| method | bits | K | mAP@K | expected mAP@K | r | P@H≤r | N | P@N |"
+    assert lines[0] == "| method | bits | K | mAP@K | expected mAP@K | chance mAP@K | r | P@H≤r | N | P@N |"
     assert lines[1].startswith("|---|")
     assert len(lines) == 2 + len(results)
     dahp = results["DAHP"]
     p_at_1000 = dahp["precision_at_n"]["precision"][3]
     assert lines[2] == (
-        f"| DAHP | 12 | all | {dahp['map']:.4f} | {dahp['map_expected']:.4f} | 2 | "
+        f"| DAHP | 12 | all | {dahp['map']:.4f} | {dahp['map_expected']:.4f} | {dahp['chance_map']:.4f} | 2 | "
         f"{dahp['precision_within_radius']:.4f} | 1000 | {p_at_1000:.4f} |"
     )
     # Without N = 1000 in the grid the largest N is reported.
     dpsh = results["DPSH"]
     assert lines[3].split(" | ")[-2:] == ["50", f"{dpsh['precision_at_n']['precision'][2]:.4f} |"]
     assert lines[4].split(" | ")[:3] == ["| DAHP@1000", "12", "1000"]
+
+
+def _chance_lines(axes) -> list:
+    return [line for line in axes.get_lines() if line.get_label().startswith("chance")]
+
+
+def test_chance_is_dashed_on_the_rank_plots_and_a_column_of_the_table(results: dict[str, dict]) -> None:
+    one = {"DAHP": results["DAHP"]}
+    level = one["DAHP"]["chance_precision"]
+    by_radius, by_rank = pr_curves_figure(one).axes
+    (p_at_n,) = precision_at_n_figure(one).axes
+    assert not _chance_lines(by_radius)  # a Hamming ball's precision has no fixed random level
+    for axes in (by_rank, p_at_n):
+        (line,) = _chance_lines(axes)
+        assert line.get_linestyle() == "--" and list(line.get_ydata()) == pytest.approx([level, level], abs=1e-6)
+        assert line.get_label() == f"chance ({level:.3f})"
+    # Results read back from a report written before the chance level existed: no line, a dash in the table.
+    old = {"DAHP": {key: value for key, value in results["DAHP"].items() if not key.startswith("chance")}}
+    assert not _chance_lines(precision_at_n_figure(old).axes[0])
+    assert markdown_table(old).splitlines()[2].split(" | ")[5] == "–"
 
 
 def test_bad_inputs_raise_dahp_error(tmp_path: Path, results: dict[str, dict]) -> None:

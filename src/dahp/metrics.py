@@ -42,6 +42,8 @@ CONVENTIONS = {
     "map": "AP@K normalised by the relevant items retrieved in the top K; a query with none scores 0 and counts",
     "map_expected": "exact expectation of the same AP@K over uniformly random orderings inside each "
     "tie group (McSherry & Najork, ECIR 2008)",
+    "chance_map": "exact expected mAP@K of a uniformly random ranking of the database (per query from its "
+    "number of relevant items); chance_precision: the mean fraction of relevant database items",
     "empty_radius": "a query with nothing within the Hamming radius has precision 0 and counts (DPSH/HashNet)",
     "no_relevant": "a query with no relevant database item has recall 0 and AP 0 and counts",
     "cap": "N and K larger than the database are capped at the database size; radius at bits",
@@ -144,50 +146,8 @@ class _ChunkRanking:
         return _safe_divide(precision_sum, retrieved)
 
     def expected_average_precision(self, k: int) -> np.ndarray:
-        """Per-query expected AP@k over uniformly random orderings inside each tie group, exactly.
-
-        Groups wholly inside the top k contribute their expected precision sum
-        (:func:`_expected_precision_sum`).  Of the group straddling rank k only its first
-        ``m`` items count; the number x of relevant ones among them is hypergeometric, and
-        given x both the normaliser (relevant retrieved) and the group's expected sum are
-        fixed, so E[AP@k] = sum_x P(x) * (full-group sum + boundary sum | x) / (relevant before + x).
-        """
-        n_queries = len(self.n_relevant)
-        harmonic = np.concatenate(([0.0], np.cumsum(1.0 / np.arange(1, self.n_database + 1))))
-        log_factorial = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, self.n_database + 1)))))
-        before_total = np.pad(self.cum_total[:, :-1], ((0, 0), (1, 0)))
-        before_relevant = np.pad(self.cum_relevant[:, :-1], ((0, 0), (1, 0)))
-        total = self.cum_total - before_total
-        relevant = self.cum_relevant - before_relevant
-
-        boundary = np.argmax(self.cum_total >= k, axis=1)  # first distance reaching rank k
-        whole = np.arange(total.shape[1]) < boundary[:, None]
-        whole_sum = np.where(
-            whole, _expected_precision_sum(before_total, before_relevant, total, relevant, harmonic), 0.0
-        ).sum(axis=1, keepdims=True)
-
-        rows = np.arange(n_queries)
-        n_before = before_total[rows, boundary][:, None]
-        relevant_before = before_relevant[rows, boundary][:, None]
-        group = total[rows, boundary][:, None]
-        group_relevant = relevant[rows, boundary][:, None]
-        taken = k - n_before
-        low = np.maximum(0, taken - (group - group_relevant))
-        high = np.minimum(group_relevant, taken)
-        x = low + np.arange(int((high - low).max()) + 1)
-        possible = x <= high
-        x = np.minimum(x, high)  # keep table indices valid; impossible entries get weight 0
-
-        def log_choose(n: np.ndarray, r: np.ndarray) -> np.ndarray:
-            return log_factorial[n] - log_factorial[r] - log_factorial[n - r]
-
-        log_probability = (
-            log_choose(group_relevant, x) + log_choose(group - group_relevant, taken - x) - log_choose(group, taken)
-        )
-        probability = np.where(possible, np.exp(log_probability), 0.0)
-        boundary_sum = _expected_precision_sum(n_before, relevant_before, taken, x, harmonic)
-        conditional = _safe_divide(whole_sum + boundary_sum, relevant_before + x)
-        return (probability * conditional).sum(axis=1)
+        """Per-query expected AP@k over uniformly random orderings inside each tie group, exactly."""
+        return _expected_average_precision(self.cum_total, self.cum_relevant, self.n_database, k)
 
     def precision_recall_by_radius(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-query ``(q, bits + 1)`` precision and recall of the set {distance <= r}."""
@@ -199,6 +159,70 @@ class _ChunkRanking:
         """Per-query ``(q, len(cutoffs))`` precision and recall of the top ``cutoffs`` ranks."""
         hits = self.hits_in_top(np.broadcast_to(cutoffs, (len(self.n_relevant), len(cutoffs))))
         return hits / cutoffs, _safe_divide(hits, self.n_relevant[:, None])
+
+
+def _expected_average_precision(
+    cum_total: np.ndarray, cum_relevant: np.ndarray, n_database: int, k: int
+) -> np.ndarray:
+    """Per-query expected AP@k over uniformly random orderings inside each tie group, exactly.
+
+    ``cum_total[q, d]`` / ``cum_relevant[q, d]``: query q's items / relevant items in tie
+    groups 0..d (distance ``<= d``).  Groups wholly inside the top k contribute their
+    expected precision sum (:func:`_expected_precision_sum`).  Of the group straddling
+    rank k only its first ``m`` items count; the number x of relevant ones among them is
+    hypergeometric, and given x both the normaliser (relevant retrieved) and the group's
+    expected sum are fixed, so E[AP@k] = sum_x P(x) * (full-group sum + boundary sum | x) / (relevant before + x).
+    """
+    n_queries = len(cum_total)
+    harmonic = np.concatenate(([0.0], np.cumsum(1.0 / np.arange(1, n_database + 1))))
+    log_factorial = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, n_database + 1)))))
+    before_total = np.pad(cum_total[:, :-1], ((0, 0), (1, 0)))
+    before_relevant = np.pad(cum_relevant[:, :-1], ((0, 0), (1, 0)))
+    total = cum_total - before_total
+    relevant = cum_relevant - before_relevant
+
+    boundary = np.argmax(cum_total >= k, axis=1)  # first distance reaching rank k
+    whole = np.arange(total.shape[1]) < boundary[:, None]
+    whole_sum = np.where(
+        whole, _expected_precision_sum(before_total, before_relevant, total, relevant, harmonic), 0.0
+    ).sum(axis=1, keepdims=True)
+
+    rows = np.arange(n_queries)
+    n_before = before_total[rows, boundary][:, None]
+    relevant_before = before_relevant[rows, boundary][:, None]
+    group = total[rows, boundary][:, None]
+    group_relevant = relevant[rows, boundary][:, None]
+    taken = k - n_before
+    low = np.maximum(0, taken - (group - group_relevant))
+    high = np.minimum(group_relevant, taken)
+    x = low + np.arange(int((high - low).max()) + 1)
+    possible = x <= high
+    x = np.minimum(x, high)  # keep table indices valid; impossible entries get weight 0
+
+    def log_choose(n: np.ndarray, r: np.ndarray) -> np.ndarray:
+        return log_factorial[n] - log_factorial[r] - log_factorial[n - r]
+
+    log_probability = (
+        log_choose(group_relevant, x) + log_choose(group - group_relevant, taken - x) - log_choose(group, taken)
+    )
+    probability = np.where(possible, np.exp(log_probability), 0.0)
+    boundary_sum = _expected_precision_sum(n_before, relevant_before, taken, x, harmonic)
+    conditional = _safe_divide(whole_sum + boundary_sum, relevant_before + x)
+    return (probability * conditional).sum(axis=1)
+
+
+def _random_ranking_average_precision(n_relevant: np.ndarray, n_database: int, k: int) -> np.ndarray:
+    """Per-query expected AP@k of a uniformly random ranking: the whole database as one tie group.
+
+    Only a query's count R of relevant items matters, so each distinct R is computed once.
+    For k = N it is the closed form a + (1 - a) H_N / N with a = (R - 1) / (N - 1) and H_N
+    the N-th harmonic number: R/N plus a small-sample term (1/N when R = 1 ... 0 when R = N).
+    """
+    counts, inverse = np.unique(np.asarray(n_relevant, dtype=np.int64), return_inverse=True)
+    per_count = _expected_average_precision(
+        np.full((len(counts), 1), n_database, dtype=np.int64), counts[:, None], n_database, k
+    )
+    return per_count[inverse.reshape(-1)]
 
 
 def _expected_precision_sum(
@@ -320,6 +344,57 @@ def _query_means(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         parts = list(pool.map(chunk_sums, range(0, len(query_codes), chunk_size)))
     return {name: sum(part[name] for part in parts) / len(query_codes) for name in parts[0]}
+
+
+def _relevant_counts(query_labels: np.ndarray, database_labels: np.ndarray, chunk_size: int) -> np.ndarray:
+    """Relevant database items per query, ``chunk_size`` queries at a time (no full relevance matrix)."""
+    if query_labels.ndim == 1:
+        classes, counts = np.unique(database_labels, return_counts=True)
+        at = np.minimum(np.searchsorted(classes, query_labels), len(classes) - 1)
+        return np.where(classes[at] == query_labels, counts[at], 0)
+    return np.concatenate([
+        relevance(query_labels[start : start + chunk_size], database_labels).sum(axis=1)
+        for start in range(0, len(query_labels), chunk_size)
+    ])
+
+
+def chance_levels(
+    query_labels: np.ndarray,
+    database_labels: np.ndarray,
+    top_k: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> dict[str, float]:
+    """What a uniformly random ranking scores on this split, the floor every measured figure is read against.
+
+    ``chance_map``: the exact expected mAP@K (``top_k=None``: all) over random orderings of
+    the database, computed per query from its number of relevant items (so multi-label
+    data, where that number varies, is exact too); the same value for both tie conventions.
+    ``chance_precision``: the mean fraction of relevant database items per query, the
+    expected precision of a random ranking at every N and every recall.
+    """
+    query_labels, database_labels = _check_label_pair(query_labels, database_labels)
+    if len(query_labels) == 0 or len(database_labels) == 0:
+        raise DahpError(
+            f"need at least one query and one database item, got {len(query_labels)} "
+            f"queries and {len(database_labels)} database items"
+        )
+    if chunk_size < 1:
+        raise DahpError(f"chunk_size must be >= 1, got {chunk_size}")
+    n_database = len(database_labels)
+    n_relevant = _relevant_counts(query_labels, database_labels, chunk_size)
+    k = _check_top_k(top_k, n_database)
+    return {
+        "chance_map": float(_random_ranking_average_precision(n_relevant, n_database, k).mean()),
+        "chance_precision": float(np.mean(n_relevant / n_database)),
+    }
+
+
+def chance_map(
+    query_labels: np.ndarray, database_labels: np.ndarray, top_k: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> float:
+    """Expected mAP@K of a uniformly random ranking (see :func:`chance_levels`)."""
+    return chance_levels(query_labels, database_labels, top_k, chunk_size)["chance_map"]
 
 
 def mean_average_precision(
@@ -484,7 +559,8 @@ def evaluate(
     """All retrieval metrics from one ranking pass per chunk, as a JSON-serialisable dict.
 
     Keys: bits, queries, database, top_k (None = all), map (database-order ties),
-    map_expected (tie-aware), radius, precision_within_radius, recall_within_radius,
+    map_expected (tie-aware), chance_map and chance_precision (a random ranking's expected
+    mAP@K and precision, see :func:`chance_levels`), radius, precision_within_radius, recall_within_radius,
     pr_by_radius {radius, precision, recall}, precision_at_n {n, precision},
     pr_by_rank {n, precision, recall} and conventions (short strings).
     ``workers=None`` uses every core this process may run on.
@@ -503,6 +579,8 @@ def evaluate(
         return {
             "map": ranking.average_precision(k),
             "map_expected": ranking.expected_average_precision(k),
+            "chance_map": _random_ranking_average_precision(ranking.n_relevant, ranking.n_database, k),
+            "chance_precision": ranking.n_relevant / ranking.n_database,
             "radius_precision": radius_precision,
             "radius_recall": radius_recall,
             "rank_precision": rank_precision,
@@ -519,6 +597,8 @@ def evaluate(
         "top_k": None if top_k is None else int(top_k),
         "map": float(means["map"]),
         "map_expected": float(means["map_expected"]),
+        "chance_map": float(means["chance_map"]),
+        "chance_precision": float(means["chance_precision"]),
         "radius": int(radius),
         "precision_within_radius": float(means["radius_precision"][capped_radius]),
         "recall_within_radius": float(means["radius_recall"][capped_radius]),

@@ -80,12 +80,21 @@ def _legend_beside(figure: Figure, axes: Axes) -> None:
     figure.legend(handles, labels, loc="outside right upper", fontsize="x-small", ncol=columns)
 
 
-def plot_pr_curves(results: dict[str, dict[str, Any]], path: str | Path) -> None:
-    """Precision-recall curves per method: by Hamming radius (left) and by rank (right).
+def _chance_line(axes: Axes, results: dict[str, dict[str, Any]]) -> None:
+    """A dashed line at a random ranking's precision, so every curve is read against its floor.
 
-    Both are shown because the field reports either; radius lookup is what a hash
-    table serves, ranking is what mAP and P@N measure.
+    A random ranking's expected precision is the mean fraction of relevant database items
+    at every N and every recall; results without ``chance_precision`` (written before it
+    existed) draw none, and results of different splits draw one line each.
     """
+    levels = sorted({round(float(result["chance_precision"]), 6) for result in results.values()
+                     if "chance_precision" in result})
+    for level in levels:
+        axes.axhline(level, color="0.4", linestyle="--", linewidth=1.0, label=f"chance ({level:.3f})")
+
+
+def pr_curves_figure(results: dict[str, dict[str, Any]]) -> Figure:
+    """The figure :func:`plot_pr_curves` writes: PR by Hamming radius (left) and by rank (right)."""
     _check_results(results, ("pr_by_radius", "pr_by_rank"))
     figure, (by_radius, by_rank) = _new_figure(2)
     for index, (method, result) in enumerate(results.items()):
@@ -93,22 +102,38 @@ def plot_pr_curves(results: dict[str, dict[str, Any]], path: str | Path) -> None
         by_radius.plot(result["pr_by_radius"]["recall"], result["pr_by_radius"]["precision"], marker=".",
                        linestyle=style, label=method)
         by_rank.plot(result["pr_by_rank"]["recall"], result["pr_by_rank"]["precision"], linestyle=style, label=method)
+    _chance_line(by_rank, results)
     _style(by_radius, "PR by Hamming radius", "recall", "precision")
     _style(by_rank, "PR by rank", "recall", "precision")
     _legend_beside(figure, by_rank)
-    _save_png(figure, path)
+    return figure
 
 
-def plot_precision_at_n(results: dict[str, dict[str, Any]], path: str | Path) -> None:
-    """P@N curve per method over the evaluated N grid."""
+def plot_pr_curves(results: dict[str, dict[str, Any]], path: str | Path) -> None:
+    """Precision-recall curves per method: by Hamming radius (left) and by rank (right), chance dashed.
+
+    Both are shown because the field reports either; radius lookup is what a hash
+    table serves, ranking is what mAP and P@N measure.
+    """
+    _save_png(pr_curves_figure(results), path)
+
+
+def precision_at_n_figure(results: dict[str, dict[str, Any]]) -> Figure:
+    """The figure :func:`plot_precision_at_n` writes."""
     _check_results(results, ("precision_at_n",))
     figure, (axes,) = _new_figure(1)
     for index, (method, result) in enumerate(results.items()):
         axes.plot(result["precision_at_n"]["n"], result["precision_at_n"]["precision"], linestyle=_line_style(index),
                   label=method)
+    _chance_line(axes, results)
     _style(axes, "Precision@N", "N (top returned)", "precision")
     _legend_beside(figure, axes)
-    _save_png(figure, path)
+    return figure
+
+
+def plot_precision_at_n(results: dict[str, dict[str, Any]], path: str | Path) -> None:
+    """P@N curve per method over the evaluated N grid, with a random ranking's precision dashed."""
+    _save_png(precision_at_n_figure(results), path)
 
 
 def plot_precision_within_radius_vs_bits(
@@ -139,24 +164,27 @@ def plot_precision_within_radius_vs_bits(
 
 
 def markdown_table(results: dict[str, dict[str, Any]]) -> str:
-    """A Markdown table, one row per method: bits, mAP@K, tie-aware mAP@K, P@H≤r and P@N.
+    """A Markdown table, one row per method: bits, mAP@K, tie-aware mAP@K, chance mAP@K, P@H≤r and P@N.
 
     N is 1000 when evaluated (the paper's figure), else the largest N evaluated; K, r
-    and N get their own columns because they may differ between rows.
+    and N get their own columns because they may differ between rows.  The chance column
+    (a random ranking's mAP@K on the same split) shows what the figures beside it beat;
+    results written before it existed show "–".
     """
     _check_results(results, ("bits", "top_k", "map", "map_expected", "radius", "precision_within_radius",
                              "precision_at_n"))
     lines = [
-        "| method | bits | K | mAP@K | expected mAP@K | r | P@H≤r | N | P@N |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | bits | K | mAP@K | expected mAP@K | chance mAP@K | r | P@H≤r | N | P@N |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for method, result in results.items():
         n_grid = result["precision_at_n"]["n"]
         n = 1000 if 1000 in n_grid else max(n_grid)
         precision_at_n = result["precision_at_n"]["precision"][n_grid.index(n)]
         k = "all" if result["top_k"] is None else result["top_k"]
+        chance = f"{result['chance_map']:.4f}" if "chance_map" in result else "–"
         lines.append(
-            f"| {method} | {result['bits']} | {k} | {result['map']:.4f} | {result['map_expected']:.4f} | "
+            f"| {method} | {result['bits']} | {k} | {result['map']:.4f} | {result['map_expected']:.4f} | {chance} | "
             f"{result['radius']} | {result['precision_within_radius']:.4f} | {n} | {precision_at_n:.4f} |"
         )
     return "\n".join(lines) + "\n"
