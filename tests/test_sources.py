@@ -316,6 +316,70 @@ def test_csv_with_0_1_columns_and_named_columns(tmp_path):
         assert data.class_names == ["bird", "fish"] and data.images[1] == tmp_path / "pics" / "x" / "1.png"
 
 
+def test_csv_label_columns_pick_the_0_1_columns(tmp_path):
+    _write_tree(tmp_path, {"img": 2})
+    (tmp_path / "data.csv").write_text("path,sky,notes,dog,sea\nimg/0.png,1,blue,0,1\nimg/1.png,0,,1,0\n")
+    for data in (load_source(f"{tmp_path / 'data.csv'}?label_columns=dog,sky"),
+                 load_source(str(tmp_path / "data.csv"), label_columns=["dog", "sky"])):
+        assert data.class_names == ["dog", "sky"] and data.labels.tolist() == [[0, 1], [1, 0]]
+    with pytest.raises(DahpError, match=r"data.csv:1: no label column 'cat'; the header has"):
+        load_source(str(tmp_path / "data.csv"), label_columns="sky,cat")
+    with pytest.raises(DahpError, match=r"data.csv:2: column 'notes' is 'blue': expected 0 or 1"):
+        load_source(str(tmp_path / "data.csv"), label_columns="sky,notes")
+    with pytest.raises(DahpError, match="label_column .* or label_columns .*, not both"):
+        load_source(f"{tmp_path / 'data.csv'}?label_columns=sky&label_column=notes")
+
+
+def test_csv_class_column_of_label_lists_is_multi_label(tmp_path):
+    _write_tree(tmp_path, {"img": 4})
+    (tmp_path / "movies.csv").write_text(
+        'file,genres\nimg/0.png,"[\'Comedy\', \'Drama\']"\nimg/1.png,Drama|War\nimg/2.png,["War"]\n'
+        "img/3.png,Comedy\n"
+    )
+    data = load_source(f"{tmp_path / 'movies.csv'}?label_column=genres")
+    assert data.class_names == ["Comedy", "Drama", "War"]
+    assert data.labels.tolist() == [[1, 1, 0], [0, 1, 1], [0, 0, 1], [1, 0, 0]]
+    (tmp_path / "ids.csv").write_text('path,label\nimg/0.png,"[10, 2]"\nimg/1.png,2\n')  # numbers sort as numbers
+    assert load_source(str(tmp_path / "ids.csv")).class_names == ["2", "10"]
+
+
+@pytest.mark.parametrize(
+    "cell, message",
+    [
+        ('"[__import__(\'os\').system(\'touch pwned\')]"', r"data.csv:2: the 'label' column holds .*expected a "),
+        ('"[\'a\', [\'b\']]"', r"data.csv:2: the 'label' column holds .*a list of quoted names"),
+        ('"[]"', r"data.csv:2: the 'label' column holds no class name"),
+        ("|", r"data.csv:2: the 'label' column holds no class name"),
+    ],
+    ids=["code", "nested", "empty-list", "empty-bars"],
+)
+def test_csv_label_lists_are_parsed_safely_or_refused(tmp_path, monkeypatch, cell, message):
+    monkeypatch.chdir(tmp_path)
+    _write_tree(tmp_path, {"img": 1})
+    (tmp_path / "data.csv").write_text(f"path,label\nimg/0.png,{cell}\n")
+    with pytest.raises(DahpError, match=message):
+        load_source(str(tmp_path / "data.csv"))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_csv_ids_without_extension_find_their_images(tmp_path):
+    (tmp_path / "img").mkdir()
+    Image.fromarray(_pixels(0)).save(tmp_path / "img" / "a1.png")
+    Image.fromarray(_pixels(1)).save(tmp_path / "img" / "b2.JPG")
+    Image.fromarray(_pixels(2)).save(tmp_path / "img" / "c3.webp")
+    Image.fromarray(_pixels(3)).save(tmp_path / "img" / "c3.bmp")
+    (tmp_path / "data.csv").write_text("image,label\nimg/a1,x\nimg/b2,y\nimg/c3,x\n")
+    data = load_source(str(tmp_path / "data.csv"))
+    assert [path.name for path in data.images] == ["a1.png", "b2.JPG", "c3.bmp"]  # IMAGE_EXTENSIONS order
+    chosen = load_source(f"{tmp_path / 'data.csv'}?extension=webp")  # the given extension first
+    assert [path.name for path in chosen.images] == ["a1.png", "b2.JPG", "c3.webp"]
+    (tmp_path / "data.csv").write_text("image,label\nimg/a1,x\nimg/d4,y\n")
+    with pytest.raises(DahpError, match=r"data.csv:3: image .*img/d4 does not exist \(nor with \.jpg or another"):
+        load_source(str(tmp_path / "data.csv"))
+    with pytest.raises(DahpError, match=r"extension must be a file suffix like \.jpg, got 'a/b'"):
+        load_source(str(tmp_path / "data.csv"), extension="a/b")
+
+
 @pytest.mark.parametrize(
     "text, options, message",
     [
@@ -325,10 +389,12 @@ def test_csv_with_0_1_columns_and_named_columns(tmp_path):
         ("path,label\nimg/0.png,a\nimg/7.png,b\n", {}, r"data.csv:3: image .*img/7.png does not exist"),
         ("path,label\nimg/0.png,a,extra\n", {}, r"data.csv:2: expected 2 fields as in the header, got 3"),
         ("path,label\nimg/0.png,\n", {}, r"data.csv:2: the 'label' column is empty"),
+        ("path,label\n,a\n", {}, r"data.csv:2: the 'path' column is empty: expected an image path"),
         ("path,label\n", {}, r"data.csv lists no images"),
         ("", {}, r"data.csv is empty"),
     ],
-    ids=["missing-named", "no-path", "not-binary", "missing-image", "field-count", "empty-class", "no-rows", "empty"],
+    ids=["missing-named", "no-path", "not-binary", "missing-image", "field-count", "empty-class", "empty-path",
+         "no-rows", "empty"],
 )
 def test_csv_errors_name_file_and_line(tmp_path, text, options, message):
     _write_tree(tmp_path, {"img": 1})

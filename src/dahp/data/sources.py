@@ -22,8 +22,13 @@
     the deep-hashing list format, one image a line: ``relative/path.jpg 0 1 0 ...`` (a path
     then a 0/1 label vector; several 1s make a multi-label image).
 ``TABLE.csv``
-    a header line, a path column (``path``, ``image`` or ``file``) and either a class-name
-    column (``label`` or ``class``) or, when neither exists, 0/1 label columns (all others).
+    a header line, a path column (``path``, ``image`` or ``file``; ``path_column=``) and
+    either a class column (``label`` or ``class``; ``label_column=``) or 0/1 label columns
+    (``label_columns=a,b,c``; by default all others when there is no class column). A class
+    cell holds one name or a list of them, ``['Comedy', 'Drama']`` (a Python/JSON literal)
+    or ``Comedy|Drama``, which makes the collection multi-label. A path naming no file is
+    tried with ``extension=`` (e.g. ``.jpg``) and then each image extension appended, for
+    tables of image ids.
 
 Image paths in list and CSV files are relative to ``image_root`` (default: the file's
 directory). Options travel as keywords or, for one-string interfaces like the CLI, as a
@@ -32,9 +37,11 @@ query suffix on the spec: ``photos.csv?path_column=file&label_column=species&ima
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import io
+import json
 import os
 import pickle
 import tarfile
@@ -63,7 +70,7 @@ PATH_COLUMNS = ("path", "image", "file")
 LABEL_COLUMNS = ("label", "class")
 CIFAR10_BATCHES = {**{f"data_batch_{i}": "train" for i in range(1, 6)}, "test_batch": "test"}
 _FILE_KINDS = ((ARCHIVE_SUFFIXES, "archive"), ((".csv",), "CSV file"), (LIST_SUFFIXES, "list file"))
-_OPTIONS = ("image_root", "path_column", "label_column")
+_OPTIONS = ("image_root", "path_column", "label_column", "label_columns", "extension")
 _KINDS = "'digits', 'cifar10', a directory, a .tar/.tar.gz/.tgz archive, a .txt list file or a .csv file"
 # What PIL raises for unreadable files (UnidentifiedImageError is an OSError; broken PNGs raise SyntaxError).
 _BAD_IMAGE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -85,6 +92,8 @@ def load_source(
     *,
     path_column: str | None = None,
     label_column: str | None = None,
+    label_columns: str | Sequence[str] | None = None,
+    extension: str | None = None,
 ) -> ImageCollection:
     """Load the collection a spec names (see the module docstring for the spec syntax).
 
@@ -93,7 +102,11 @@ def load_source(
     the run with an error naming it (at load time for archives, at decode time for files).
     """
     target, options = _parse_spec(spec)
-    for name, value in (("image_root", image_root), ("path_column", path_column), ("label_column", label_column)):
+    if label_columns is not None and not isinstance(label_columns, str):
+        label_columns = ",".join(label_columns)
+    keywords = {"image_root": image_root, "path_column": path_column, "label_column": label_column,
+                "label_columns": label_columns, "extension": extension}
+    for name, value in keywords.items():
         if value is not None:
             if name in options:
                 raise DahpError(f"data source {spec}: {name} is given both in the spec and as an option")
@@ -476,11 +489,17 @@ def _binary(value: str, where: str) -> int:
     return int(value)
 
 
-def _existing_image(root: Path, relative: str, where: str) -> Path:
+def _existing_image(root: Path, relative: str, where: str, extensions: Sequence[str] = ()) -> Path:
+    """``root / relative``, or failing that the first file named so with one of ``extensions`` appended."""
     path = root / relative
-    if not path.is_file():
-        raise DahpError(f"{where}: image {path} does not exist")
-    return path
+    if path.is_file():
+        return path
+    for suffix in extensions:
+        candidate = path.with_name(path.name + suffix)
+        if candidate.is_file():
+            return candidate
+    tried = f" (nor with {extensions[0]} or another image extension appended)" if extensions else ""
+    raise DahpError(f"{where}: image {path} does not exist{tried}")
 
 
 def _read_text(path: Path) -> str:
@@ -529,15 +548,77 @@ def _column(header: list[str], wanted: str | None, defaults: Sequence[str], wher
     return None
 
 
+def _image_extensions(extension: str | None, where: str) -> list[str]:
+    """Suffixes to try on a path naming no file: ``extension`` first, then every image extension (both cases)."""
+    candidates = [suffix for ext in IMAGE_EXTENSIONS for suffix in (ext, ext.upper())]
+    if extension is None:
+        return candidates
+    given = extension.strip()
+    given = given if given.startswith(".") else "." + given
+    if given == "." or "/" in given or "\\" in given:
+        raise DahpError(f"{where}: extension must be a file suffix like .jpg, got {extension!r}")
+    return [given, *(suffix for suffix in candidates if suffix != given)]
+
+
+def _parse_list(text: str) -> object:
+    """A Python or JSON list literal, parsed without running anything (None when it is not one)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+
+
+def _class_names(cell: str, where: str) -> list[str]:
+    """The class names in one cell: a name, a list literal ``['a', 'b']`` or ``a|b``."""
+    text = cell.strip()
+    expected = "expected a class name, a list like ['a', 'b'] or a|b"
+    if not text:
+        raise DahpError(f"{where} is empty: {expected}")
+    if text[0] in "[(":
+        parsed = _parse_list(text)
+        if not isinstance(parsed, (list, tuple)) or not all(
+            isinstance(item, (str, int)) and not isinstance(item, bool) for item in parsed
+        ):
+            raise DahpError(f"{where} holds {text!r}: {expected} (a list of quoted names or integers)")
+        names = [str(item).strip() for item in parsed]
+    else:
+        names = [part.strip() for part in text.split("|")]
+    names = [name for name in names if name]
+    if not names:
+        raise DahpError(f"{where} holds no class name ({text!r}): {expected}")
+    return list(dict.fromkeys(names))
+
+
+def _sorted_class_names(classes: list[list[str]]) -> list[str]:
+    """Every distinct name; integer names sort as numbers (2 before 10), others alphabetically."""
+    distinct = {name for names in classes for name in names}
+    return sorted(distinct, key=lambda v: (0, int(v), "") if v.isdigit() else (1, 0, v))
+
+
 def load_csv(
     path: str | Path,
     image_root: str | Path | None = None,
     path_column: str | None = None,
     label_column: str | None = None,
+    label_columns: str | Sequence[str] | None = None,
+    extension: str | None = None,
 ) -> ImageCollection:
-    """A CSV with a header: a path column and a class-name column, or 0/1 label columns."""
+    """A CSV with a header: a path column and a class column (names or lists of names), or 0/1 label columns.
+
+    ``label_columns`` (``"a,b,c"`` or a sequence) picks the 0/1 columns; without it and
+    without a class column every other column is one.  ``extension`` is tried first on
+    paths that name no file, before the image extensions (ids without a suffix).
+    """
     path = Path(path)
     root = Path(image_root) if image_root else path.parent
+    if label_column is not None and label_columns is not None:
+        raise DahpError(f"{path}: give label_column (a column of class names) or label_columns (0/1 columns), "
+                        "not both")
+    extensions = _image_extensions(extension, str(path))
     reader = csv.reader(io.StringIO(_read_text(path)))
     try:
         header = [name.strip() for name in next(reader, [])]
@@ -549,14 +630,23 @@ def load_csv(
                 f"{path}:1: no path column: expected one named {' / '.join(PATH_COLUMNS)} (or path_column=); "
                 f"the header has {header}"
             )
-        class_at = _column(header, label_column, LABEL_COLUMNS, f"{path}:1", "label")
-        label_at = [class_at] if class_at is not None else [i for i in range(len(header)) if i != path_at]
+        if label_columns is not None:
+            names = label_columns.split(",") if isinstance(label_columns, str) else list(label_columns)
+            if not names or not all(name.strip() for name in names):
+                raise DahpError(f"{path}: label_columns must name columns like a,b,c, got {label_columns!r}")
+            class_at = None
+            label_at = [_column(header, name.strip(), (), f"{path}:1", "label") for name in names]
+        else:
+            class_at = _column(header, label_column, LABEL_COLUMNS, f"{path}:1", "label")
+            label_at = [class_at] if class_at is not None else [i for i in range(len(header)) if i != path_at]
         if not label_at:
             raise DahpError(
                 f"{path}:1: no label column: expected 'label' / 'class' or 0/1 columns beside {header[path_at]!r}"
             )
+        if path_at in label_at:
+            raise DahpError(f"{path}:1: column {header[path_at]!r} cannot be both the path and a label column")
         paths: list[Path] = []
-        classes: list[str] = []
+        classes: list[list[str]] = []
         rows: list[list[int]] = []
         for row in reader:
             where = f"{path}:{reader.line_num}"
@@ -566,18 +656,20 @@ def load_csv(
                 raise DahpError(f"{where}: expected {len(header)} fields as in the header, got {len(row)}")
             if class_at is None:
                 rows.append([_binary(row[i].strip(), f"{where}: column {header[i]!r}") for i in label_at])
-            elif row[class_at].strip():
-                classes.append(row[class_at].strip())
             else:
-                raise DahpError(f"{where}: the {header[class_at]!r} column is empty: expected a class name")
-            paths.append(_existing_image(root, row[path_at].strip(), where))
+                classes.append(_class_names(row[class_at], f"{where}: the {header[class_at]!r} column"))
+            if not row[path_at].strip():
+                raise DahpError(f"{where}: the {header[path_at]!r} column is empty: expected an image path")
+            paths.append(_existing_image(root, row[path_at].strip(), where, extensions))
     except csv.Error as exc:
         raise DahpError(f"{path}:{reader.line_num}: malformed CSV: {exc}") from None
     if not paths:
         raise DahpError(f"{path} lists no images: expected rows after the header")
     if class_at is None:
         return ImageCollection(paths, np.array(rows, dtype=np.uint8), [header[i] for i in label_at], str(path))
-    # Integer class names sort as numbers (2 before 10), others alphabetically.
-    names = sorted(set(classes), key=lambda v: (0, int(v), "") if v.isdigit() else (1, 0, v))
+    names = _sorted_class_names(classes)
     index = {name: k for k, name in enumerate(names)}
-    return ImageCollection(paths, one_hot(np.array([index[c] for c in classes]), len(names)), names, str(path))
+    labels = np.zeros((len(classes), len(names)), dtype=np.uint8)
+    for row_index, row_names in enumerate(classes):
+        labels[row_index, [index[name] for name in row_names]] = 1
+    return ImageCollection(paths, labels, names, str(path))
