@@ -42,6 +42,15 @@ def test_usage_errors_exit_2_without_traceback(argv, message, capsys):
     (["train", "--data", "digits", "--out", "x", "--resume"], "no checkpoint to resume from"),
     (["train", "--data", "digits", "--out", "x", "--optimizer", "sgd", "--lr", "-1"], "--lr must be a positive"),
     (["encode", "missing.dahp", "digits", "-o", "c.npz"], "missing.dahp: no such file"),
+    (["train", "--data", "digits", "--out", "x", "--protocol", "random", "--query-per-class", "5"],
+     "--query-per-class does not apply to protocol random: it takes --query-size, --train-size"),
+    (["data", "describe", "digits", "--protocol", "per-class", "--query-size", "5", "--train-size", "9"],
+     "--query-size, --train-size do not apply to protocol per-class: it takes --query-per-class, --train-per-class"),
+    (["data", "describe", "digits", "--protocol", "all", "--train-size", "9"],
+     "--train-size does not apply to protocol all: it takes no sizing flags"),
+    (["data", "describe", "digits", "--query-per-class", "5", "--query-size", "5"],
+     "--query-per-class, --query-size size different protocols (per-class: --query-per-class, --train-per-class; "
+     "random: --query-size, --train-size)"),
 ])
 def test_user_errors_exit_1_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -100,6 +109,13 @@ def test_data_describe_prints_the_protocol_table(capsys):
     text = capsys.readouterr().out
     assert "protocol per-class (seed 0)" in text and "digits: 1797 images, 10 classes" in text
     assert text.rstrip().splitlines()[-1].split() == ["images", "200", "1000", "1597", "1797"]
+
+
+def test_size_flags_select_and_size_the_random_protocol(capsys):
+    assert main(["data", "describe", "digits", "--query-size", "30", "--train-size", "100", "--split-seed", "3"]) == 0
+    text = capsys.readouterr().out
+    assert 'protocol random (seed 3): {"query": 30, "train": 100, "database": "rest"}' in text
+    assert text.rstrip().splitlines()[-1].split() == ["images", "30", "100", "1767", "1797"]
 
 
 def test_skip_bad_leaves_out_a_corrupt_image_and_says_so(tmp_path, capsys):

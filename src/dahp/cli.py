@@ -88,14 +88,45 @@ def _collection(args: argparse.Namespace, spec: str):
     return data
 
 
+# The sizing flags of _add_protocol_options and the protocol parameter each sets. Without
+# --protocol they select the first of _SIZED_PROTOCOLS that takes all the flags given.
+_PROTOCOL_FLAGS = {"--query-per-class": "query_per_class", "--train-per-class": "train_per_class",
+                   "--query-size": "query", "--train-size": "train"}
+_SIZED_PROTOCOLS = ("per-class", "random")
+
+
+def _flags_of(name: str) -> list[str]:
+    """The sizing flags protocol ``name`` takes (those whose parameter it has)."""
+    from .data import PROTOCOLS
+
+    return [flag for flag, parameter in _PROTOCOL_FLAGS.items() if parameter in PROTOCOLS[name].defaults]
+
+
+def _protocol_flags(args: argparse.Namespace) -> dict[str, int]:
+    """The sizing flags given on the command line, flag -> value."""
+    given = {flag: getattr(args, flag.removeprefix("--").replace("-", "_")) for flag in _PROTOCOL_FLAGS}
+    return {flag: value for flag, value in given.items() if value is not None}
+
+
 def _protocol(args: argparse.Namespace, default: str):
-    """--protocol with its seed; --query-per-class / --train-per-class select and tune ``per-class``."""
+    """--protocol with its seed and sizing flags; without --protocol the flags pick the protocol they size
+    (--query-per-class / --train-per-class: per-class, --query-size / --train-size: random)."""
     from .data import get_protocol
 
-    parameters = {key: getattr(args, key) for key in ("query_per_class", "train_per_class")
-                  if getattr(args, key) is not None}
-    name = args.protocol or ("per-class" if parameters else default)
-    return get_protocol(name, seed=args.split_seed, **parameters)
+    flags = _protocol_flags(args)
+    name = args.protocol or default
+    if args.protocol is None and flags:
+        fitting = [candidate for candidate in _SIZED_PROTOCOLS if set(flags) <= set(_flags_of(candidate))]
+        if not fitting:
+            owners = "; ".join(f"{candidate}: {', '.join(_flags_of(candidate))}" for candidate in _SIZED_PROTOCOLS)
+            raise DahpError(f"{', '.join(flags)} size different protocols ({owners}): give the flags of one")
+        name = fitting[0]
+    foreign = [flag for flag in flags if flag not in _flags_of(name)]
+    if foreign:
+        takes = ", ".join(_flags_of(name)) or "no sizing flags"
+        raise DahpError(f"{', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to protocol "
+                        f"{name}: it takes {takes}")
+    return get_protocol(name, seed=args.split_seed, **{_PROTOCOL_FLAGS[flag]: value for flag, value in flags.items()})
 
 
 def _data_record(args: argparse.Namespace, protocol, split) -> dict[str, object]:
@@ -207,12 +238,12 @@ def _evaluation_sets(args: argparse.Namespace, hasher):
             raise DahpError("the model file records no data protocol: give --data (and --protocol)")
         args.data, args.image_root = record["source"], args.image_root or record.get("image_root")
     data = _collection(args, args.data)
-    explicit = args.protocol or args.query_per_class is not None or args.train_per_class is not None
+    explicit = args.protocol is not None or bool(_protocol_flags(args))
     protocol = _protocol(args, "all") if explicit else Protocol.from_dict(record["protocol"])
     split = protocol.split(data)
     if len(split.query) == 0:
         raise DahpError(f"protocol {protocol.name} draws no queries: give --protocol (e.g. per-class with "
-                        "--query-per-class N) or --query DIR and --database DIR")
+                        "--query-per-class N, or random with --query-size N) or --query DIR and --database DIR")
     if not explicit and record.get("split_sha256") not in (None, split_digest(split)):
         raise DahpError(f"{args.data} now splits differently from when the model was trained "
                         "(the images or their order changed); give --protocol explicitly to evaluate anyway")
@@ -310,6 +341,10 @@ def _add_protocol_options(parser: argparse.ArgumentParser) -> None:
                         help="per-class protocol: queries drawn per class")
     parser.add_argument("--train-per-class", type=_non_negative_int, default=None, metavar="N",
                         help="per-class protocol: training images per class (0: all non-query images)")
+    parser.add_argument("--query-size", type=_non_negative_int, default=None, metavar="N",
+                        help="random protocol (multi-label data): queries drawn from the whole collection")
+    parser.add_argument("--train-size", type=_non_negative_int, default=None, metavar="N",
+                        help="random protocol: training images drawn (0: all non-query images)")
     parser.add_argument("--split-seed", type=_non_negative_int, default=0, metavar="S")
 
 
