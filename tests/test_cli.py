@@ -81,6 +81,7 @@ def test_train_encode_evaluate_on_digits(tmp_path, capsys):
     assert main(["evaluate", str(out / MODEL_FILE), "--out", str(report), "--json"]) == 0  # the model's own split
     headline = json.loads(capsys.readouterr().out)["run"]
     assert headline["queries"] == 50 and headline["database"] == 1747 and 0.0 <= headline["map"] <= 1.0
+    assert headline["chance_map"] == pytest.approx(0.1, abs=0.01)  # ten classes: a random ranking's mAP
     saved = json.loads((report / "results.json").read_text())
     assert saved["results"]["run"]["map"] == headline["map"]
     assert saved["context"]["protocol"]["name"] == "per-class" and saved["context"]["models"]["run"]["method"] == "DAHP"
@@ -118,12 +119,44 @@ def test_size_flags_select_and_size_the_random_protocol(capsys):
     assert text.rstrip().splitlines()[-1].split() == ["images", "30", "100", "1767", "1797"]
 
 
-def test_skip_bad_leaves_out_a_corrupt_image_and_says_so(tmp_path, capsys):
+def _digit_folder(root, count=20):
     digits = load_digits()
-    for index in range(20):
-        folder = tmp_path / "images" / f"d{index % 2}"
+    for index in range(count):
+        folder = root / f"d{index % 2}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(digits.images[index]).save(folder / f"{index}.png")
+
+
+def test_evaluate_from_another_folder_finds_the_data_and_shows_progress(tmp_path, capsys, monkeypatch):
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    _digit_folder(work / "images")
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["train", "--data", "images", "--out", "run", "--image-size", "8", "--epochs", "1",
+                 "--query-size", "4", "--train-size", "10", *TINY_TRAIN]) == 0
+    monkeypatch.chdir(elsewhere)
+    model = "../work/run/model.dahp"
+    capsys.readouterr()
+    assert main(["evaluate", model, "--out", "report"]) == 0  # the path typed in work/ resolved at training
+    captured = capsys.readouterr()
+    assert "| run | 16 | all |" in captured.out
+    assert "run: encoding 4 query images" in captured.err and "run: encoding 16 database images" in captured.err
+    assert "encoding: 100%" in captured.err  # the progress bars
+    context = json.loads((elsewhere / "report" / "results.json").read_text())["context"]
+    assert context["source"] == str(work / "images") and context["protocol"]["name"] == "random"
+    assert main(["evaluate", model, "--out", "report", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+    (work / "images").rename(tmp_path / "moved")
+    assert main(["evaluate", model, "--out", "report"]) == 1
+    err = capsys.readouterr().err
+    assert f"{model} was trained on images, which is not found from here ({elsewhere}) (nor {work / 'images'})" in err
+    assert "give --data PATH" in err
+    assert main(["evaluate", model, "--data", "../moved", "--out", "report", "--quiet"]) == 0  # same split
+
+
+def test_skip_bad_leaves_out_a_corrupt_image_and_says_so(tmp_path, capsys):
+    _digit_folder(tmp_path / "images")
     (tmp_path / "images" / "d0" / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "run"
     argv = ["train", "--data", str(tmp_path / "images"), "--out", str(out), "--image-size", "8", "--epochs", "1",

@@ -130,10 +130,17 @@ def _protocol(args: argparse.Namespace, default: str):
 
 
 def _data_record(args: argparse.Namespace, protocol, split) -> dict[str, object]:
-    from .data import split_digest
+    """What a model or report records about its data; absolute paths beside the typed ones (when they
+    exist) let ``dahp evaluate MODEL`` find the data from another folder."""
+    from .data import resolve_source, split_digest
 
-    return {"source": args.data, "image_root": args.image_root, "protocol": protocol.to_dict(),
-            "sizes": split.sizes(), "split_sha256": split_digest(split)}
+    record: dict[str, object] = {"source": args.data, "image_root": args.image_root}
+    resolved = resolve_source(args.data)
+    if resolved is not None:
+        record["source_resolved"] = resolved
+    if args.image_root and Path(args.image_root).exists():
+        record["image_root_resolved"] = str(Path(args.image_root).resolve())
+    return record | {"protocol": protocol.to_dict(), "sizes": split.sizes(), "split_sha256": split_digest(split)}
 
 
 def cmd_data_describe(args: argparse.Namespace) -> None:
@@ -220,7 +227,25 @@ def _run_name(path: str, taken: set[str]) -> str:
     return unique
 
 
-def _evaluation_sets(args: argparse.Namespace, hasher):
+def _recorded_data(record: dict[str, object], model: str) -> tuple[str, str | None]:
+    """The source and image root a model was trained on, as typed when that exists from here,
+    else as resolved at training time; an error suggesting --data when neither exists."""
+    from .data import source_exists
+
+    source, resolved = str(record["source"]), record.get("source_resolved")
+    if not source_exists(source):
+        if resolved is None or not source_exists(str(resolved)):
+            also = f" (nor {resolved})" if resolved is not None else ""
+            raise DahpError(f"{model} was trained on {source}, which is not found from here ({Path.cwd()}){also}: "
+                            "give --data PATH (the same data where it is now)")
+        source = str(resolved)
+    image_root = record.get("image_root")
+    if image_root and not Path(str(image_root)).exists() and record.get("image_root_resolved"):
+        image_root = record["image_root_resolved"]
+    return source, None if image_root is None else str(image_root)
+
+
+def _evaluation_sets(args: argparse.Namespace, hasher, model: str):
     """(query, database, context) from --query/--database, --data + protocol, or the model's own record."""
     if args.query is not None or args.database is not None:
         if args.query is None or args.database is None:
@@ -236,7 +261,8 @@ def _evaluation_sets(args: argparse.Namespace, hasher):
     if args.data is None:
         if "protocol" not in record:
             raise DahpError("the model file records no data protocol: give --data (and --protocol)")
-        args.data, args.image_root = record["source"], args.image_root or record.get("image_root")
+        source, image_root = _recorded_data(record, model)
+        args.data, args.image_root = source, args.image_root or image_root
     data = _collection(args, args.data)
     explicit = args.protocol is not None or bool(_protocol_flags(args))
     protocol = _protocol(args, "all") if explicit else Protocol.from_dict(record["protocol"])
@@ -260,10 +286,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     hashers = {}
     for path in args.models:
         hashers[_run_name(path, set(hashers))] = DeepHasher.load(path, device=args.device)
-    query, database, context = _evaluation_sets(args, next(iter(hashers.values())))
+    query, database, context = _evaluation_sets(args, next(iter(hashers.values())), args.models[0])
     results, methods, models = {}, {}, {}
     for name, hasher in hashers.items():
-        codes = [hasher.encode(part, batch_size=args.batch_size, workers=args.workers) for part in (query, database)]
+        codes = []
+        for role, part in (("query", query), ("database", database)):
+            if not args.quiet:
+                print(f"{name}: encoding {len(part)} {role} images", file=sys.stderr)
+            codes.append(hasher.encode(part, batch_size=args.batch_size, workers=args.workers,
+                                       progress=not args.quiet))
         results[name] = evaluate(*codes, query.labels, database.labels, hasher.bits, top_k=args.top_k,
                                  radius=args.radius)
         methods[name] = hasher.method_name()
@@ -272,7 +303,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     files = write_report(args.out, results, methods, {**context, "models": models}, query.skipped + database.skipped)
     if args.json:
         print(json.dumps({name: {key: result[key] for key in ("bits", "queries", "database", "top_k", "map",
-                                                              "map_expected", "precision_within_radius")}
+                                                              "map_expected", "chance_map",
+                                                              "precision_within_radius")}
                           for name, result in results.items()}))
     else:
         print(markdown_table(results), end="")
@@ -442,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, default=Path("dahp-evaluation"),
                           help="report folder: results.json, results.md, PNG plots (default ./dahp-evaluation)")
     evaluate.add_argument("--json", action="store_true", help="print the headline figures as JSON")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_runtime_options(evaluate)
 
     benchmark = command("benchmark", cmd_benchmark,

@@ -20,6 +20,8 @@ from .sources import (
     load_image_tree,
     load_list_file,
     load_source,
+    resolve_source,
+    source_exists,
 )
 from .splits import Split, split_per_class
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess, decode_image, default_preprocess, iterate_batches
@@ -50,7 +52,9 @@ __all__ = [
     "load_protocol",
     "load_source",
     "one_hot",
+    "resolve_source",
     "save_protocol",
+    "source_exists",
     "split_digest",
     "split_per_class",
 ]

@@ -124,6 +124,28 @@ def load_source(
     return collection
 
 
+BUILTIN_SOURCES = ("digits", "cifar10", "cifar10-download")
+
+
+def source_exists(spec: str) -> bool:
+    """Whether ``spec`` names a built-in source or a path that exists from the current folder."""
+    target, _ = _parse_spec(spec)
+    return target in BUILTIN_SOURCES or Path(target).exists()
+
+
+def resolve_source(spec: str) -> str | None:
+    """``spec`` with its path (and an existing ``image_root=`` option) made absolute; None for a
+    built-in source or a missing path. Recorded beside the spec as typed, it lets a model find
+    its data when evaluated from another folder."""
+    target, options = _parse_spec(spec)
+    if target in BUILTIN_SOURCES or not Path(target).exists():
+        return None
+    if "image_root" in options and Path(options["image_root"]).exists():
+        options["image_root"] = str(Path(options["image_root"]).resolve())
+    query = "&".join(f"{key}={value}" for key, value in options.items())
+    return str(Path(target).resolve()) + (f"?{query}" if query else "")
+
+
 def _parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     """Split ``target?key=value&...`` unless the whole spec is an existing path."""
     if "?" not in spec or Path(spec).exists():
