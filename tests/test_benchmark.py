@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dahp.benchmark import Budget, table_iii, table_iv, tie_inflated
+from dahp.benchmark import Budget, shows_paper_figures, table_iii, table_iv, tie_inflated, write_benchmark_report
+from dahp.codes import pack_codes
 from dahp.errors import DahpError
 from dahp.methods import parse_methods
 from dahp.metrics import evaluate
@@ -28,8 +29,10 @@ def test_smoke_benchmark_writes_tables_runs_and_plots_then_resumes(cli, tmp_path
     printed = capsys.readouterr().out
     for title in ("| DAHP |", "| DPSH |", "| CSQ |", "| ITQ |"):
         assert title in printed
-    assert "0.8194" in printed and "0.7455" not in printed  # paper figures shown only for lengths that ran
-    assert "Table III layout" in printed
+    # digits, not CIFAR-10: no paper figures, and the split's own chance level
+    assert "paper figures are for CIFAR-10 and are not shown" in printed and "(0.8194)" not in printed
+    assert "chance (random ranking) mAP: 0.10" in printed and "| × chance |" in printed
+    assert "Table III layout" in printed and "paper × DPSH" not in printed
     runs = sorted(path.name for path in (out / "runs").iterdir())
     assert runs == sorted(f"{m}-{b}.json" for m in ("dahp", "dpsh", "csq", "itq") for b in (12, 16))
     record = json.loads((out / "runs" / "dpsh-16.json").read_text())
@@ -41,6 +44,12 @@ def test_smoke_benchmark_writes_tables_runs_and_plots_then_resumes(cli, tmp_path
     assert (out / "evaluation" / "pr_curves.png").stat().st_size > 0
     assert (out / "evaluation" / "precision_radius_vs_bits.png").is_file()
 
+    # a run recorded before the chance level existed gets it from the split
+    old = out / "runs" / "itq-16.json"
+    old_record = json.loads(old.read_text())
+    for key in ("chance_map", "chance_precision"):
+        del old_record["metrics"][key]
+    old.write_text(json.dumps(old_record))
     # an interrupted run: its result is lost but its finished checkpoint remains
     (out / "runs" / "dahp-12.json").unlink()
     before = (out / "runs" / "csq-12.json").stat().st_mtime_ns
@@ -48,6 +57,8 @@ def test_smoke_benchmark_writes_tables_runs_and_plots_then_resumes(cli, tmp_path
          "--quiet"])
     printed = capsys.readouterr().out
     assert printed.count("done before") == 7
+    itq_row = next(line for line in printed.splitlines() if line.startswith("| ITQ |"))
+    assert "–" not in itq_row and itq_row.count(" | ") == 5  # 12 and 16 bits, each with its multiple of chance
     assert (out / "runs" / "csq-12.json").stat().st_mtime_ns == before
     redone = json.loads((out / "runs" / "dahp-12.json").read_text())
     assert len(redone["history"]) == 1  # restored from the checkpoint, not trained again
@@ -107,6 +118,44 @@ def test_tables_put_paper_figures_beside_measured_ones():
     assert "‡" not in iv
 
 
+def test_paper_figures_only_for_cifar10_under_its_protocols():
+    def record(source, protocol="cifar10"):
+        return {"source": source, "protocol": {"name": protocol}}
+
+    for source in ("cifar10", "../shared/datasets/cifar10-jpeg.tar.gz", "data/CIFAR-10-batches-py",
+                   "/data/cifar_10/list.txt"):
+        assert shows_paper_figures(record(source)) and shows_paper_figures(record(source, "cifar10-official"))
+    assert not shows_paper_figures(record("cifar10", "per-class"))  # not the paper's split
+    for source in ("digits", "my-photos/", "cifar100.tar.gz", "data/cifar-100-python", "photos.csv?label_column=x"):
+        assert not shows_paper_figures(record(source))  # the cpu budget's protocol on other data
+
+
+def _evaluated(method, bits, seed, wall=60.0):
+    """A run record with real metrics of random codes on ten balanced classes (chance 0.1)."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10), 30)
+    codes = pack_codes(rng.integers(0, 2, size=(300, bits)))
+    metrics = evaluate(codes[::10], codes, labels[::10], labels, bits, n_values=[1, 10, 100])
+    return {"method": method, "title": method.upper(), "bits": bits, "wall_seconds": wall, "train_seconds": 1.0,
+            "encode_images_per_s": 100.0, "metrics": metrics}
+
+
+def test_report_on_other_data_omits_the_paper_and_states_chance(tmp_path):
+    records = {"dpsh-48": _evaluated("dpsh", 48, 0), "dahp-48": _evaluated("dahp", 48, 1)}
+    dahp = records["dahp-48"]["metrics"]
+    data = {"source": "photos/", "protocol": {"name": "cifar10", "seed": 0}, "sizes": {"query": 30}}
+    text = write_benchmark_report(tmp_path, records, Budget.load("smoke"), data).read_text()
+    assert "paper figures are for CIFAR-10 and are not shown" in text and "(paper in parentheses)" not in text
+    assert f"chance (random ranking) mAP: {dahp['chance_map']:.4f}" in text
+    assert "| method | 48 bits | × chance | wall time |" in text
+    assert f"| DAHP | {dahp['map']:.4f} | {dahp['map'] / dahp['chance_map']:.2f} | 1.0 min |" in text
+    assert "| variant (48 bits) | mAP@ALL | × DPSH |\n" in text and "0.8477" not in text and "paper ×" not in text
+    cifar = write_benchmark_report(tmp_path, records, Budget.load("smoke"), {**data, "source": "cifar10"}).read_text()
+    assert "paper figures are the DAHP paper's CIFAR-10 results" in cifar
+    assert "| method | 48 bits (paper) | × chance | wall time |" in cifar and f"{dahp['map']:.4f} (0.8477)" in cifar
+    assert "| paper | paper × DPSH |" in cifar
+
+
 def test_table_iv_flags_runs_that_the_database_order_ranks():
     # One code for every image: every database image ties, so the database order ranks them.
     labels = np.repeat(np.arange(10), 50)
@@ -119,8 +168,9 @@ def test_table_iv_flags_runs_that_the_database_order_ranks():
                "dhn-12": {"method": "dhn", "bits": 12, "wall_seconds": 6.0,
                           "metrics": {"map": 0.30, "map_expected": 0.29}}}
     iv = table_iv(records, parse_methods("dbdh,dhn"))
-    assert f"| DBDH | {collapsed['map']:.4f}‡ (0.7266) | 0.1 min |" in iv
-    assert "| DHN | 0.3000 (0.5550) | 0.1 min |" in iv
+    ratio = collapsed["map"] / collapsed["chance_map"]  # the database order's gain over chance, not the codes'
+    assert f"| DBDH | {collapsed['map']:.4f}‡ (0.7266) | {ratio:.2f} | 0.1 min |" in iv
+    assert "| DHN | 0.3000 (0.5550) | – | 0.1 min |" in iv  # a record from before the chance level
     assert f"Tie-aware mAP: dbdh-12 {collapsed['map_expected']:.4f}." in iv
 
 
@@ -129,16 +179,20 @@ def test_smoke_benchmark_of_all_methods_gives_the_whole_table_iv(cli, tmp_path, 
     cli(["benchmark", "--budget", "smoke", "--methods", "all", "--bits", "12,24,32,48", "--out", out, "--quiet"])
     printed = capsys.readouterr().out
     table = printed.split("Table IV layout")[1].split("##")[0]
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "bits (paper)" not in line]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method |")]
     titles = [row.split(" | ")[0][2:] for row in rows]
     paper_rows = ["DAHP", "DBDH", "DAgH", "DPSH", "HashNet", "DSH", "DLBHC (FastH)", "DHN", "SDH", "ITQ"]
     assert titles[:10] == paper_rows  # the paper's ten in its order, then the extra rows
     assert set(titles[10:]) == {"DAHP-v1 (ResNet-18 + DPSH loss)", "DAHP-v2 (v1 + dual attention)", "CSQ", "LSH"}
-    assert "| SDH | " in table and "(0.2850)" in table and "(0.0000)" not in table
-    for row in rows:  # a measured figure and the wall time in every row at every length
+    assert "| SDH | " in table and "(0." not in table  # digits: no paper figures
+    chance = float(printed.split("chance (random ranking) mAP: ")[1].split()[0])
+    assert chance == pytest.approx(0.1, abs=0.01)
+    for row in rows:  # a measured figure, its multiple of chance and the wall time in every row at every length
         cells = row.split(" | ")
-        assert len(cells) == 6 and cells[-1].endswith("min |")
-        assert all(0 < float(cell.split(" ")[0].rstrip("‡")) <= 1 for cell in cells[1:5]), row
+        assert len(cells) == 10 and cells[-1].endswith("min |")
+        assert all(0 < float(cell.rstrip("‡")) <= 1 for cell in cells[1:9:2]), row
+        assert all(float(ratio) == pytest.approx(float(cell.rstrip("‡")) / chance, rel=0.01)
+                   for cell, ratio in zip(cells[1:9:2], cells[2:9:2])), row
     sdh = json.loads((out / "runs" / "sdh-48.json").read_text())
     assert sdh["metrics"]["map"] > 0.4  # supervised on the digits' pixels: far above chance (0.1)
 

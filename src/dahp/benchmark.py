@@ -15,11 +15,12 @@ a folder holding runs of another budget, split or seed is refused, never mixed.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -28,13 +29,13 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .anchors import generate_anchors
-from .data import ImageCollection, Preprocess, get_protocol, iterate_batches, split_digest
+from .data import ImageCollection, Preprocess, get_protocol, iterate_batches, resolve_source, split_digest
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import DahpError
 from .hasher import CHECKPOINT_FILE, DeepHasher
 from .methods import Method, parse_methods
 from .methods.registry import TABLE_IV
-from .metrics import evaluate
+from .metrics import chance_levels, evaluate
 from .models import ModelConfig, create_backbone, init_backbone
 from .models.weights import weights_spec
 from .reports import write_json, write_report
@@ -46,6 +47,8 @@ SHALLOW_FEATURES = ("pixels", "backbone")
 TABLE_III = ("dpsh", "dahp-v1", "dahp-v2", "dahp")
 # Database-order mAP above this multiple of its tie-aware value: the ties, not the codes, rank.
 TIE_INFLATION = 1.10
+# CIFAR-10 by name: cifar10, cifar-10, cifar_10 (any case), but not cifar100.
+CIFAR10_NAME = re.compile(r"cifar[-_]?10(?!\d)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,9 @@ def split_data(data: ImageCollection, source: str, budget: Budget, seed: int) ->
                         f"images from {source}: the benchmark needs both")
     record = {"source": source, "protocol": protocol.to_dict(), "sizes": split.sizes(),
               "split_sha256": split_digest(split)}
+    resolved = resolve_source(source)
+    if resolved is not None:  # lets `dahp evaluate` find the data of a run's model from another folder
+        record["source_resolved"] = resolved
     return BenchmarkData(data.subset(split.query), data.subset(split.train), data.subset(split.database), record)
 
 
@@ -300,10 +306,14 @@ def run_benchmark(
     _claim_folder(out, _identity(budget, data, seed))
     cache = _FeatureCache(budget, data, progress)
     records: dict[str, dict[str, Any]] = {}
+    chance: dict[str, float] | None = None
     for number, plan in enumerate(plans, 1):
         path = out / "runs" / f"{plan.name}.json"
         if path.is_file():
             records[plan.name] = json.loads(path.read_text())
+            if "chance_map" not in records[plan.name]["metrics"]:  # a run recorded before the chance level
+                chance = chance or chance_levels(data.query.labels, data.database.labels)
+                records[plan.name]["metrics"].update(chance)
             echo(f"[{number}/{len(plans)}] {plan.name}: done before, mAP {records[plan.name]['metrics']['map']:.4f}")
             continue
         echo(f"[{number}/{len(plans)}] {plan.name}: {plan.method.title}, {plan.bits} bits ...")
@@ -342,6 +352,26 @@ def tie_inflated(metrics: dict[str, Any]) -> bool:
     return metrics["map"] > TIE_INFLATION * metrics["map_expected"]
 
 
+def shows_paper_figures(data_record: dict[str, Any]) -> bool:
+    """Whether the DAHP paper's CIFAR-10 figures belong beside this benchmark's.
+
+    The rule: the source names CIFAR-10 (the built-in ``cifar10``, or a path with a component
+    like ``cifar10-jpeg.tar.gz`` or ``cifar-10-batches-py``; not ``cifar100``) *and* the
+    split is one of the ``cifar10`` protocols. Neither alone will do: the shipped budgets'
+    ``cifar10`` protocol splits any collection with 600 images per class (``--data
+    my-photos/``), and a per-class draw of other sizes is not the paper's setup.
+    """
+    source = str(data_record.get("source", "")).partition("?")[0]
+    protocol = str(data_record.get("protocol", {}).get("name", ""))
+    return protocol.startswith("cifar10") and any(CIFAR10_NAME.search(part) for part in PurePath(source).parts)
+
+
+def chance_level(records: dict[str, dict[str, Any]]) -> float | None:
+    """The random-ranking mAP@ALL of the benchmark's split (every run shares it); None for old records."""
+    levels = [record["metrics"]["chance_map"] for record in records.values() if "chance_map" in record["metrics"]]
+    return levels[0] if levels else None
+
+
 def _cell(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
@@ -352,19 +382,34 @@ def _map_cell(run: dict[str, Any] | None) -> str:
     return _cell(run["metrics"]["map"]) + ("‡" if tie_inflated(run["metrics"]) else "")
 
 
-def table_iv(records: dict[str, dict[str, Any]], methods: list[Method]) -> str:
-    """Methods x code lengths, measured mAP@ALL with the paper's CIFAR-10 figure beside it;
-    the paper's rows first in its order, then the methods it does not list."""
+def _times_chance(run: dict[str, Any] | None) -> str:
+    """A run's mAP as a multiple of its split's random-ranking mAP."""
+    if run is None or not run["metrics"].get("chance_map"):
+        return "–"
+    return f"{run['metrics']['map'] / run['metrics']['chance_map']:.2f}"
+
+
+def table_iv(records: dict[str, dict[str, Any]], methods: list[Method], paper: bool = True) -> str:
+    """Methods x code lengths, measured mAP@ALL (with the paper's CIFAR-10 figure beside it when
+    ``paper``, see :func:`shows_paper_figures`) and, when the records carry the chance level, its
+    multiple of chance; the paper's rows first in its order, then the methods it does not list."""
     bits = sorted({record["bits"] for record in records.values()})
-    header = "| method | " + " | ".join(f"{b} bits (paper)" for b in bits) + " | wall time |"
-    lines = [header, "|---" * (len(bits) + 2) + "|"]
+    ratios = chance_level(records) is not None
+    columns = [f"{b} bits (paper)" if paper else f"{b} bits" for b in bits]
+    if ratios:
+        columns = [column for pair in zip(columns, ["× chance"] * len(bits)) for column in pair]
+    lines = ["| method | " + " | ".join(columns) + " | wall time |", "|---" * (len(columns) + 2) + "|"]
     inflated = [name for name, record in sorted(records.items()) if tie_inflated(record["metrics"])]
     rank = {name: position for position, name in enumerate(TABLE_IV)}
     for method in sorted(methods, key=lambda m: rank.get(m.name, len(rank))):
         runs = {b: records.get(f"{method.name}-{b}") for b in bits}
         if not any(runs.values()):
             continue
-        cells = [f"{_map_cell(run)} ({_cell(method.paper_cifar10.get(b))})" for b, run in runs.items()]
+        cells = []
+        for b, run in runs.items():
+            cells.append(f"{_map_cell(run)} ({_cell(method.paper_cifar10.get(b))})" if paper else _map_cell(run))
+            if ratios:
+                cells.append(_times_chance(run))
         seconds = sum(run["wall_seconds"] for run in runs.values() if run)
         lines.append(f"| {method.title} | " + " | ".join(cells) + f" | {seconds / 60:.1f} min |")
     if inflated:
@@ -374,20 +419,25 @@ def table_iv(records: dict[str, dict[str, Any]], methods: list[Method]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table_iii(records: dict[str, dict[str, Any]], methods: list[Method], bits: int = 48) -> str:
-    """The ablation at one code length: each variant's mAP and its ratio to DPSH, measured and paper."""
+def table_iii(records: dict[str, dict[str, Any]], methods: list[Method], bits: int = 48, paper: bool = True) -> str:
+    """The ablation at one code length: each variant's mAP and its ratio to DPSH, measured and
+    (when ``paper``) the paper's."""
     rows = [m for name in TABLE_III for m in methods if m.name == name and f"{name}-{bits}" in records]
     if not rows:
         return ""
     dpsh = records.get(f"dpsh-{bits}")
     paper_dpsh = next((m.paper_cifar10.get(bits) for m in methods if m.name == "dpsh"), None)
-    lines = [f"| variant ({bits} bits) | mAP@ALL | × DPSH | paper | paper × DPSH |", "|---|---|---|---|---|"]
+    header = f"| variant ({bits} bits) | mAP@ALL | × DPSH |" + (" paper | paper × DPSH |" if paper else "")
+    lines = [header, "|---" * (5 if paper else 3) + "|"]
     for method in rows:
         measured = records[f"{method.name}-{bits}"]["metrics"]["map"]
-        paper = method.paper_cifar10.get(bits)
         ratio = f"{measured / dpsh['metrics']['map']:.3f}" if dpsh else "–"
-        paper_ratio = f"{paper / paper_dpsh:.3f}" if paper and paper_dpsh else "–"
-        lines.append(f"| {method.title} | {measured:.4f} | {ratio} | {_cell(paper)} | {paper_ratio} |")
+        line = f"| {method.title} | {measured:.4f} | {ratio} |"
+        if paper:
+            published = method.paper_cifar10.get(bits)
+            paper_ratio = f"{published / paper_dpsh:.3f}" if published and paper_dpsh else "–"
+            line += f" {_cell(published)} | {paper_ratio} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -402,19 +452,29 @@ def speed_table(records: dict[str, dict[str, Any]]) -> str:
 
 def write_benchmark_report(out: Path, records: dict[str, dict[str, Any]], budget: Budget,
                            data_record: dict[str, Any]) -> Path:
-    """``results.md`` (Tables III and IV, speeds) and the full evaluation report with plots."""
+    """``results.md`` (Tables III and IV, speeds) and the full evaluation report with plots.
+
+    The paper's figures appear only for CIFAR-10 (:func:`shows_paper_figures`); the
+    random-ranking mAP of the split is stated so every figure can be read against it.
+    """
     methods = parse_methods(",".join(dict.fromkeys(record["method"] for record in records.values())))
     largest = max(record["bits"] for record in records.values())
     sizes = data_record["sizes"]
+    paper = shows_paper_figures(data_record)
+    chance = chance_level(records)
+    about_paper = ("paper figures are the DAHP paper's CIFAR-10 results (224 px, ImageNet-pretrained ResNet-18, GPU)"
+                   if paper else "paper figures are for CIFAR-10 and are not shown")
     parts = [
         f"# dahp benchmark — budget `{budget.name}`\n",
         f"{budget.description}\n",
         f"Data: {data_record['source']}, protocol {data_record['protocol']['name']} "
-        f"(seed {data_record['protocol']['seed']}): {sizes}. mAP@ALL with database-order ties; "
-        "paper figures are the DAHP paper's CIFAR-10 results (224 px, ImageNet-pretrained ResNet-18, GPU).\n",
-        "## Table IV layout: mAP@ALL by code length (paper in parentheses)\n", table_iv(records, methods),
+        f"(seed {data_record['protocol']['seed']}): {sizes}. mAP@ALL with database-order ties; {about_paper}.\n",
     ]
-    ablation = table_iii(records, methods, 48 if any(r["bits"] == 48 for r in records.values()) else largest)
+    if chance is not None:
+        parts.append(f"chance (random ranking) mAP: {chance:.4f}\n")
+    parts += [f"## Table IV layout: mAP@ALL by code length{' (paper in parentheses)' if paper else ''}\n",
+              table_iv(records, methods, paper)]
+    ablation = table_iii(records, methods, 48 if any(r["bits"] == 48 for r in records.values()) else largest, paper)
     if ablation:
         parts += ["## Table III layout: the ablation\n", ablation]
     parts += ["## Speed\n", speed_table(records),
