@@ -73,7 +73,10 @@ class ChannelAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
-        flat = x.flatten(2)  # (n, C, N): C tokens of N = H*W dimensions
+        # (n, C, N): C tokens of N = H*W dimensions. Contiguous: from a channels-last map (an
+        # inference_copy's backbone) flatten gives stride-1 tokens across C, and SDPA then falls
+        # back to its unfused math path, 4x slower on Lite0's 1280 channels; NCHW input is not copied.
+        flat = x.flatten(2).contiguous()
         if _exporting():
             attention = torch.softmax(torch.bmm(flat, flat.transpose(1, 2)), dim=-1)  # X[j, i]
             out = torch.bmm(attention, flat)
