@@ -78,7 +78,7 @@ def test_a_folder_of_another_budget_is_refused(cli, tmp_path):
     ("argv", "message"),
     [
         (["--methods", "dahp,nope"], r"unknown method 'nope'; valid methods: dahp, dahp-v1"),
-        (["--budget", "tiny"], "--budget must be one of smoke, cpu, cpu-pretrained, paper or a JSON file"),
+        (["--budget", "tiny"], "--budget must be one of smoke, cpu, cpu-pretrained, cpu-transfer, paper or a JSON file"),
         (["--methods", "dpsh", "--bits", "12", "--budget", "{bad_lr}"], "--lr must be a positive number"),
         (["--budget", "{bad_key}"], "is not a valid budget"),
         (["--budget", "{bad_method}"], "unknown method 'dahq'"),

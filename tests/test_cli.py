@@ -68,7 +68,7 @@ def test_train_encode_evaluate_on_digits(tmp_path, capsys):
     out = tmp_path / "run"
     assert _train_tiny(out) == 0
     text = capsys.readouterr().out
-    assert "training DAHP (resnet18) on 100 images of digits (10 classes; protocol per-class, seed 0), 16 bits" in text
+    assert "training DAHP (resnet18, 8 px) on 100 images of digits (10 classes; protocol per-class, seed 0), 16 bits, 2 epochs" in text
     assert "random init" in text
     protocol = json.loads((out / "protocol.json").read_text())
     assert protocol["protocol"]["parameters"]["query_per_class"] == 5 and protocol["sizes"]["database"] == 1747
@@ -165,7 +165,7 @@ def test_skip_bad_leaves_out_a_corrupt_image_and_says_so(tmp_path, capsys):
     assert "broken.png" in capsys.readouterr().err
     assert main([*argv, "--skip-bad"]) == 0
     captured = capsys.readouterr()
-    assert "training DAHP (resnet18) on 20 images" in captured.out and "skipped 1 unreadable images" in captured.err
+    assert "training DAHP (resnet18, 8 px) on 20 images" in captured.out and "skipped 1 unreadable images" in captured.err
 
 
 def test_corrupt_model_file_is_a_clear_error(tmp_path, capsys):

@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import torch
 from dahp.data import default_preprocess, load_digits
 from dahp.errors import DahpError
 from dahp.hasher import CHECKPOINT_FILE, MODEL_FILE, DeepHasher
-from dahp.models import ModelConfig
+from dahp.models import HashingNetwork, ModelConfig
 from dahp.serialization import load_file
 from dahp.training import TrainConfig, Trainer, TrainingDiverged
 
@@ -159,3 +160,53 @@ def test_encode_images_matches_encoding_the_collection(small_digits, tmp_path):
     assert len(DeepHasher.load(tmp_path / MODEL_FILE).fingerprint_) == 64
     with pytest.raises(DahpError, match="cannot read image"):
         hasher.encode_images([tmp_path / "missing.png"])
+
+
+def _backbone_parameters(model):
+    return {name: value.detach().clone() for name, value in model.backbone.named_parameters()}
+
+
+def test_frozen_epochs_train_only_the_new_layers_then_fine_tune(small_digits, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    initial = _backbone_parameters(HashingNetwork(SMALL_MODEL))
+    after_first = {}
+
+    def remember(trainer):
+        after_first.update(_backbone_parameters(trainer.model))
+        after_first["fc1"] = trainer.model.fc1[0].weight.detach().clone()
+
+    _interrupt_after(monkeypatch, 1, remember)
+    hasher = _hasher(epochs=2, frozen_epochs=1).fit(small_digits, out_dir=tmp_path)
+    fc1 = after_first.pop("fc1")
+    assert all(torch.equal(after_first[name], initial[name]) for name in initial)  # epoch 1: backbone frozen
+    assert not torch.equal(fc1, hasher.model_.fc1[0].weight)  # ... while the head learned, and goes on
+    final = _backbone_parameters(hasher.model_)
+    assert any(not torch.equal(final[name], initial[name]) for name in initial)  # epoch 2: fine-tuned
+
+
+def test_backbone_lr_scale_zero_keeps_the_pretrained_weights(small_digits):
+    torch.manual_seed(0)
+    initial = _backbone_parameters(HashingNetwork(SMALL_MODEL))
+    hasher = _hasher(epochs=1, backbone_lr_scale=0.0, weight_decay=0.0, momentum=0.0).fit(small_digits)
+    final = _backbone_parameters(hasher.model_)
+    assert all(torch.equal(final[name], initial[name]) for name in initial)
+    assert hasher.history_[-1]["lr"] > 0
+
+
+def test_min_steps_raise_the_epochs_of_a_small_training_set(small_digits):
+    config = TrainConfig(epochs=4, batch_size=32, min_steps=50, frozen_epochs=2)
+    sized = config.sized_for(200)  # 7 steps per epoch (6 full batches and one of 8)
+    assert config.steps_per_epoch(200) == 7 and sized.epochs == 8 and sized.frozen_epochs == 4
+    assert TrainConfig(epochs=4, batch_size=32, min_steps=10).sized_for(200).epochs == 4  # already enough
+    hasher = _hasher(epochs=1, min_steps=14).fit(small_digits)
+    assert len(hasher.history_) == 2 and hasher.train_config.epochs == 2
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"epochs": 2, "frozen_epochs": 2}, "--frozen-epochs must be >= 0 and below --epochs (2), got 2"),
+    ({"backbone_lr_scale": -1.0}, "--backbone-lr-scale must be a number >= 0, got -1.0"),
+    ({"min_steps": -1}, "--min-steps must be >= 0, got -1"),
+])
+def test_transfer_settings_are_validated(overrides, message):
+    with pytest.raises(DahpError, match=re.escape(message)):
+        TrainConfig(**overrides)

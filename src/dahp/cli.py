@@ -161,38 +161,74 @@ def cmd_methods(args: argparse.Namespace) -> None:
         print(f"{name:<10} {method.title:<34} [{kind}] {method.citation}")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+# Options of `dahp train` that a budget may set, by the configuration they go to; their
+# built-in defaults (used when neither the budget nor the command line gives them) are the
+# dataclasses' own. `attention` and `backbone` default to the method's.
+MODEL_OPTIONS = ("backbone", "output_stride", "small_stem", "attention", "hidden_dim", "hash_norm", "head_channels")
+TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "schedule", "anchor_weight",
+                 "quantization_weight", "pairs", "augment", "workers", "frozen_epochs", "backbone_lr_scale",
+                 "min_steps")
+
+
+def _given(args: argparse.Namespace, options: tuple[str, ...]) -> dict[str, object]:
+    """The options typed on the command line (their parser default is None, meaning not given)."""
+    return {name: getattr(args, name) for name in options if getattr(args, name) is not None}
+
+
+def _train_settings(args: argparse.Namespace):
+    """(model, train config, preprocessing, weights) from the built-in defaults, then ``--budget``,
+    then the flags typed: a budget is a starting point every flag can override."""
     from dataclasses import replace
 
-    from .data import default_preprocess, save_protocol
-    from .distributed import is_main_process
-    from .hasher import MODEL_FILE, DeepHasher
+    from .benchmark import Budget, weights_for
+    from .data import default_preprocess
     from .methods import get_method
-    from .models import ModelConfig
+    from .models import ModelConfig, create_backbone
+    from .models.weights import weights_spec
     from .training import TrainConfig
 
+    method = get_method(args.method)
+    budget = Budget.load(args.budget) if args.budget else None
+    model_options = {**(budget.model if budget else {}), **_given(args, MODEL_OPTIONS)}
+    attention = model_options.pop("attention", None)
+    base = ModelConfig(bits=args.bits, **model_options)
+    if "backbone" in model_options:  # a backbone chosen for every method, as a budget's shared backbone
+        model = replace(base, attention=method.attention if attention is None else attention)
+    else:
+        model = method.model_config(base, attention=attention)
+    train_options = {**(budget.train if budget else {}), **(budget.method_train.get(method.name, {}) if budget else {}),
+                     **_given(args, TRAIN_OPTIONS)}
+    config = TrainConfig(method=method.name, seed=args.seed, **train_options)
+    backbone = create_backbone(model.backbone, output_stride=model.output_stride, small_stem=model.small_stem)
+    size = args.image_size or (budget.image_size if budget else None)
+    if args.data == "digits" and size is None:
+        preprocess = default_preprocess("digits")
+    else:  # the normalisation the backbone's weights were trained with, unless the budget fixes one
+        preprocess = weights_spec(backbone).preprocess(size)
+        if budget and budget.mean is not None:
+            preprocess = replace(preprocess, mean=budget.mean, std=budget.std)
+    weights = args.weights if args.weights is not None else (weights_for(budget, backbone) if budget else None)
+    return model, config, preprocess, weights
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .data import save_protocol
+    from .distributed import is_main_process
+    from .hasher import MODEL_FILE, DeepHasher
+
+    model, config, preprocess, weights = _train_settings(args)
     data = _collection(args, args.data)
     protocol = _protocol(args, "all")
     split = protocol.split(data)
     train = data.subset(split.train)
-    method = get_method(args.method)
-    base = ModelConfig(bits=args.bits, backbone=args.backbone or "resnet18", output_stride=args.output_stride,
-                       small_stem=args.small_stem, hidden_dim=args.hidden_dim)
-    model = method.model_config(base, attention=args.attention) if args.backbone is None else replace(
-        base, attention=method.attention if args.attention is None else args.attention)
-    config = TrainConfig(
-        method=args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, optimizer=args.optimizer, schedule=args.schedule,
-        anchor_weight=args.anchor_weight, quantization_weight=args.quantization_weight, pairs=args.pairs,
-        augment=args.augment, seed=args.seed, workers=args.workers,
-    )
-    hasher = DeepHasher(model, config, default_preprocess(args.data, args.image_size), weights=args.weights,
-                        device=args.device, progress=not args.quiet)
+    hasher = DeepHasher(model, config, preprocess, weights=weights, device=args.device, progress=not args.quiet)
     rank0 = is_main_process()  # under torchrun, rank 0 alone prints and writes files
     if rank0:
-        print(f"training {hasher.method_name()} ({model.backbone}) on {len(train)} images of {args.data} "
-              f"({train.num_classes} classes; protocol {protocol.name}, seed {protocol.seed}), {args.bits} bits, "
-              f"device {hasher.device}")
+        sized = config.sized_for(len(train))
+        print(f"training {hasher.method_name()} ({model.backbone}, {preprocess.image_size} px) on {len(train)} images "
+              f"of {args.data} ({train.num_classes} classes; protocol {protocol.name}, seed {protocol.seed}), "
+              f"{args.bits} bits, {sized.epochs} epochs{f' (--min-steps {config.min_steps})' if sized != config else ''}"
+              f"{f' from --budget {args.budget}' if args.budget else ''}, device {hasher.device}")
         save_protocol(Path(args.out) / "protocol.json", protocol, split)
     hasher.fit(train, out_dir=args.out, resume=args.resume, data_spec=_data_record(args, protocol, split))
     if rank0:
@@ -419,37 +455,66 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.dahp")
     _add_source_options(train)
     _add_protocol_options(train)
-    train.add_argument("--bits", type=_bits, default=48)
-    train.add_argument("--epochs", type=_positive_int, default=50)
-    train.add_argument("--batch-size", type=_positive_int, default=128)
-    train.add_argument("--lr", type=float, default=0.04)
-    train.add_argument("--momentum", type=float, default=0.9)
-    train.add_argument("--weight-decay", type=float, default=1e-5)
-    train.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    train.add_argument("--schedule", choices=("constant", "cosine", "step"), default="constant")
-    train.add_argument("--method", default="dahp", help="loss and network variant (list them: dahp methods)")
-    train.add_argument("--anchor-weight", type=float, default=None,
-                       help="lambda of DAHP's anchor loss (default 0.05; 0: off)")
-    train.add_argument("--quantization-weight", type=float, default=None,
-                       help="weight of the method's quantisation term (default: the method's published value)")
-    train.add_argument("--augment", default="none",
-                       help="training augmentation: none, flip (random flips) or flip-crop (also padded random crops)")
-    train.add_argument("--pairs", choices=("memory", "batch"), default="memory",
-                       help="pair each batch with a memory of all training codes (DPSH) or only with itself")
-    train.add_argument("--image-size", type=_positive_int, default=None, help="input resolution (default 224; digits: 8)")
-    train.add_argument("--output-stride", type=int, choices=(2, 4, 8, 16, 32), default=8)
-    train.add_argument("--small-stem", action="store_true", help="3x3 stride-1 stem without max-pool, for small images")
-    train.add_argument("--backbone", default=None,
-                       help="resnet18 (default), alexnet (DPSH's default) or efficientnet_lite0")
-    train.add_argument("--attention", action=argparse.BooleanOptionalAction, default=None,
-                       help="dual attention on/off (default: the method's; dahp and dahp-v2 use it)")
-    train.add_argument("--hidden-dim", type=_positive_int, default=1000)
+    train.add_argument("--budget", default=None, metavar="NAME|FILE",
+                       help="start from a benchmark budget's settings (network, optimiser, image size, weights; "
+                            "e.g. cpu-pretrained, or a budget JSON file); the flags below override it")
+    train.add_argument("--bits", type=_bits, default=48, help="code length (default 48)")
+
+    def option(name: str, **kwargs: object) -> None:
+        """A budget-settable option: its help names the built-in default, used without budget or flag."""
+        key = name.removeprefix("--").replace("-", "_")
+        shown = kwargs.pop("shown", defaults[key])
+        text = str(kwargs.pop("help", "")).strip()
+        kwargs["help"] = f"{text}{'; ' if text else ''}default {shown}, or the budget's"
+        train.add_argument(name, default=None, **kwargs)  # type: ignore[arg-type]
+
+    from dataclasses import fields
+
+    from .models import ModelConfig, list_backbones
+    from .training import AUGMENTATIONS, OPTIMIZERS, PAIR_MODES, SCHEDULES, TrainConfig
+
+    defaults = {field.name: field.default for config in (ModelConfig, TrainConfig) for field in fields(config)}
+
+    option("--epochs", type=_positive_int)
+    option("--batch-size", type=_positive_int)
+    option("--lr", type=float, help="learning rate (of the new layers, with --backbone-lr-scale)")
+    option("--momentum", type=float)
+    option("--weight-decay", type=float)
+    option("--optimizer", choices=OPTIMIZERS)
+    option("--schedule", choices=SCHEDULES, help="learning-rate schedule over the epochs")
+    option("--frozen-epochs", type=_non_negative_int,
+           help="first train only the new layers (attention, head) on the frozen pretrained backbone")
+    option("--backbone-lr-scale", type=float, help="the backbone's learning rate is --lr times this")
+    option("--min-steps", type=_non_negative_int,
+           help="raise the epochs so a small training set still gets this many optimiser steps")
+    train.add_argument("--method", default="dahp", help="loss and network variant (list them: dahp methods); default dahp")
+    option("--anchor-weight", type=float, shown="the method's (DAHP 0.05)", help="lambda of DAHP's anchor loss (0: off)")
+    option("--quantization-weight", type=float, shown="the method's published value",
+           help="weight of the method's quantisation term")
+    option("--augment", choices=AUGMENTATIONS,
+           help="random flips (flip), also padded random crops (flip-crop)")
+    option("--pairs", choices=PAIR_MODES,
+           help="pair each batch with a memory of all training codes (DPSH) or only with itself")
+    train.add_argument("--image-size", type=_positive_int, default=None,
+                       help="input resolution (default: the budget's, else the backbone weights' own, 224 for "
+                            "ResNet-18; digits: 8)")
+    option("--output-stride", type=int, choices=(2, 4, 8, 16, 32))
+    option("--small-stem", action=argparse.BooleanOptionalAction,
+           help="3x3 stride-1 stem without max-pool, for small images")
+    option("--backbone", choices=list_backbones(), shown="the method's (resnet18; DPSH: alexnet)")
+    option("--attention", action=argparse.BooleanOptionalAction, shown="the method's (dahp, dahp-v2: on)",
+           help="dual attention on/off")
+    option("--hidden-dim", type=_positive_int, help="width of the head's FC1")
+    option("--head-channels", type=_positive_int, shown="none (the backbone's channels)",
+           help="reduce the backbone's map to this many channels before attention (DANet's reduction)")
+    option("--hash-norm", action=argparse.BooleanOptionalAction,
+           help="batch-normalise the hash outputs (keeps pairwise losses off the b = 0 saddle)")
     train.add_argument("--weights", default=None,
-                       help="backbone state dict file, or 'none' (default: the backbone's pretrained weights "
-                            "when they are on this machine)")
-    train.add_argument("--seed", type=_non_negative_int, default=0)
+                       help="backbone state dict file, or 'none' (default: the budget's, else the backbone's "
+                            "pretrained weights when they are on this machine)")
+    train.add_argument("--seed", type=_non_negative_int, default=0, help="initialisation and data-order seed (default 0)")
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    train.add_argument("--workers", type=_non_negative_int, default=0, help="image-decoding processes")
+    option("--workers", type=_non_negative_int, help="image-decoding processes")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
     encode = command("encode", cmd_encode, "encode images to packed binary codes (.npz)")

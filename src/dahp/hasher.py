@@ -21,6 +21,7 @@ from .data import ImageCollection, Preprocess, decode_image, iterate_batches
 from .errors import DahpError
 from .methods import get_method
 from .models import HashingNetwork, ModelConfig, init_backbone
+from .models.inference import inference_copy
 from .serialization import load_file, save_file
 from .training import TrainConfig, Trainer, resolve_device
 
@@ -53,6 +54,7 @@ class DeepHasher:
         self.weights_note_ = ""
         self.data_spec_: dict[str, Any] = {}
         self.fingerprint_ = ""  # SHA-256 of the saved weights: indexes check they were built by this model
+        self._encoder: torch.nn.Module | None = None  # the fitted network's inference copy, made on first use
 
     @property
     def bits(self) -> int:
@@ -97,6 +99,7 @@ class DeepHasher:
             raise DahpError(f"--resume: there is no checkpoint to resume from in {out}")
         self.class_names_ = list(data.class_names)
         self.data_spec_ = data_spec or {"source": data.source}
+        self.train_config = self.train_config.sized_for(len(data))  # --min-steps on a small training set
         self.anchors_ = generate_anchors(self.bits, data.num_classes, seed=self.train_config.seed)
         torch.manual_seed(self.train_config.seed)
         model = HashingNetwork(self.model_config)
@@ -121,7 +124,7 @@ class DeepHasher:
             self.weights_note_ = header["weights"]
         trainer.checkpoint_header = self._header()
         self.history_ = trainer.fit(data)
-        self.model_ = model
+        self.model_, self._encoder = model, None
         if out is not None and distributed.is_main_process():
             self.save(out / MODEL_FILE)
         distributed.barrier()  # under torchrun, the others wait for rank 0's files
@@ -143,12 +146,19 @@ class DeepHasher:
             raise DahpError("this DeepHasher is not trained yet: call fit() or DeepHasher.load()")
         return self.model_
 
+    def _encoding_network(self) -> torch.nn.Module:
+        """The fitted network with BatchNorm folded, channels-last, on the device: the same codes,
+        about 2x faster on CPUs (``dahp.models.inference``); made once per fitted model."""
+        if self._encoder is None:
+            self._encoder = inference_copy(self._require_fitted()).to(self.device)
+        return self._encoder
+
     @torch.inference_mode()
     def encode_real(
         self, data: ImageCollection, batch_size: int = 256, workers: int = 0, progress: bool = False
     ) -> np.ndarray:
         """Real-valued network outputs ``b`` (n, bits); their signs are the codes."""
-        model = self._require_fitted().to(self.device).eval()
+        model = self._encoding_network()
         outputs = []
         order = np.arange(len(data))
         with tqdm(total=len(data), desc="encoding", unit="img", disable=not progress) as bar:
@@ -167,7 +177,7 @@ class DeepHasher:
     @torch.inference_mode()
     def encode_images(self, images: Sequence[str | Path | IO[bytes]]) -> np.ndarray:
         """Packed codes for a few images given as files or byte streams (a query, an upload)."""
-        model = self._require_fitted().to(self.device).eval()
+        model = self._encoding_network()
         size = self.preprocess.image_size
         pixels = np.stack([decode_image(image, size) for image in images])
         return pack_codes(model(self.preprocess.batch(pixels).to(self.device)).float().cpu().numpy())

