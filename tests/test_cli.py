@@ -204,3 +204,52 @@ def test_image_folder_train_encode_and_folder_evaluation(tmp_path, capsys):
                  "--database", str(tmp_path / "train"), "--top-k", "10", "--out", str(tmp_path / "report")]) == 0
     assert capsys.readouterr().out.startswith("| method | bits | K |")
     assert json.loads((tmp_path / "report" / "results.json").read_text())["results"]["run"]["queries"] == len(names)
+
+
+def _settings(argv):
+    from dahp.cli import _train_settings, build_parser
+
+    return _train_settings(build_parser().parse_args(["train", "--out", "unused", *argv]))
+
+
+def test_train_budget_is_a_starting_point_that_flags_override(tmp_path):
+    budget = tmp_path / "mine.json"
+    budget.write_text(json.dumps({
+        "name": "mine", "description": "a test budget", "dataset": "digits", "protocol": "all", "image_size": 16,
+        "model": {"backbone": "resnet18", "output_stride": 4, "small_stem": True, "hidden_dim": 32, "hash_norm": True},
+        "train": {"epochs": 3, "lr": 0.02, "schedule": "cosine", "frozen_epochs": 1, "min_steps": 10},
+        "method_train": {"dpsh": {"lr": 0.005}}, "weights": "none",
+    }))
+    model, config, preprocess, weights = _settings(["--data", "digits", "--budget", str(budget), "--epochs", "5"])
+    assert (config.epochs, config.lr, config.schedule, config.frozen_epochs, config.min_steps) == (5, 0.02, "cosine", 1, 10)
+    assert model.hash_norm and model.hidden_dim == 32 and model.attention and weights == "none"
+    assert preprocess.image_size == 16
+    model, config, _, _ = _settings(["--data", "digits", "--budget", str(budget), "--method", "dpsh", "--no-hash-norm",
+                                     "--image-size", "24"])
+    assert config.lr == 0.005 and not model.hash_norm and model.backbone == "alexnet" and not model.attention  # as the benchmark
+    model, config, preprocess, weights = _settings(["--data", "digits"])  # no budget: the built-in defaults
+    assert (config.epochs, config.lr, model.backbone, model.hash_norm, preprocess.image_size) == (50, 0.04, "resnet18",
+                                                                                                 False, 8)
+
+
+def test_preprocessing_follows_the_backbone_weights_unless_overridden():
+    from dahp.models.efficientnet import INPUT_MEAN, INPUT_STD
+
+    _, _, lite, _ = _settings(["--data", "photos/", "--backbone", "efficientnet_lite0", "--image-size", "96"])
+    assert (lite.image_size, lite.mean, lite.std) == (96, INPUT_MEAN, INPUT_STD)  # [-1, 1], as its weights expect
+    _, _, lite2, _ = _settings(["--data", "photos/", "--backbone", "efficientnet_lite2"])
+    assert lite2.image_size == 260  # the weights' own resolution
+    _, _, resnet, _ = _settings(["--data", "photos/"])
+    assert resnet.mean == (0.485, 0.456, 0.406) and resnet.image_size == 224
+    _, _, budget, _ = _settings(["--data", "photos/", "--budget", "cpu-pretrained"])
+    assert budget.mean == (0.5, 0.5, 0.5) and budget.image_size == 96  # a budget's explicit normalisation wins
+
+
+def test_train_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("--epochs EPOCHS default 50, or the budget's", "default constant, or the budget's",
+                  "--output-stride {2,4,8,16,32} default 8", "default 0.04, or the budget's", "code length (default 48)",
+                  "--batch-size BATCH_SIZE default 128", "--augment {none,flip,flip-crop}"):
+        assert shown in text
