@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from dahp.cli import build_parser
 
@@ -12,3 +13,13 @@ def cli():
         args.handler(args)
 
     return run
+
+
+@pytest.fixture
+def one_thread():
+    """These tests time nothing: one thread keeps them fast on a small CPU shared with other jobs,
+    where a descheduled second thread stalls every convolution (measured 5x slower on 2 busy cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -264,16 +264,6 @@ def test_packaged_efficientnet_weights_are_pretrained():
 # EfficientNet-Lite1 and -Lite2: the same class as Lite0 with B0's stage table scaled.
 
 
-@pytest.fixture
-def one_thread():
-    """These tests time nothing: one thread keeps them fast on a small CPU shared with other jobs,
-    where a descheduled second thread stalls every convolution (measured 5x slower on 2 busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 LITE_VARIANTS = ["efficientnet_lite1", "efficientnet_lite2"]
 # What Google's scaling gives (width 1.0 / depth 1.1 and 1.1 / 1.2, first and last stage unscaled),
 # and what the packaged state dicts hold: (output channels, blocks) per stage.

@@ -10,14 +10,7 @@ from dahp.models.inference import inference_copy
 OUTPUT_STRIDES = {"resnet18": 8, "alexnet": 32}  # the budgets'; EfficientNets run at 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests time nothing: one thread keeps them fast on a small CPU shared with other jobs,
-    where a descheduled second thread stalls every convolution (measured 5x slower on 2 busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _trained_looking(net: nn.Module, seed: int = 0) -> nn.Module:
