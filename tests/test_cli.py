@@ -243,6 +243,11 @@ def test_preprocessing_follows_the_backbone_weights_unless_overridden():
     assert resnet.mean == (0.485, 0.456, 0.406) and resnet.image_size == 224
     _, _, budget, _ = _settings(["--data", "photos/", "--budget", "cpu-pretrained"])
     assert budget.mean == (0.5, 0.5, 0.5) and budget.image_size == 96  # a budget's explicit normalisation wins
+    model, config, transfer, weights = _settings(["--data", "photos/", "--budget", "cpu-transfer"])
+    assert (transfer.image_size, transfer.mean) == (160, INPUT_MEAN)  # no normalisation in the budget: the weights'
+    assert (model.backbone, model.head_channels, model.attention, config.frozen_epochs) == ("efficientnet_lite0", 320,
+                                                                                           True, 1)
+    assert weights.endswith(".pth")  # the packaged ImageNet file, never random init
 
 
 def test_train_help_shows_every_default(capsys):
