@@ -192,7 +192,7 @@ def _train_settings(args: argparse.Namespace):
     model_options = {**(budget.model if budget else {}), **_given(args, MODEL_OPTIONS)}
     attention = model_options.pop("attention", None)
     base = ModelConfig(bits=args.bits, **model_options)
-    if "backbone" in model_options:  # a backbone chosen for every method, as a budget's shared backbone
+    if args.backbone is not None or (budget and budget.shared_backbone):  # one backbone, whatever the method
         model = replace(base, attention=method.attention if attention is None else attention)
     else:
         model = method.model_config(base, attention=attention)

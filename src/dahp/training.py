@@ -225,7 +225,8 @@ class Trainer:
         self.companion = self.loss.companion
         backbone = getattr(self.model, "backbone", None)
         backbone_parameters = list(backbone.parameters()) if backbone is not None else []
-        parameters = [p for p in self.model.parameters() if all(p is not q for q in backbone_parameters)]
+        in_backbone = {id(parameter) for parameter in backbone_parameters}
+        parameters = [p for p in self.model.parameters() if id(p) not in in_backbone]
         if self.config.frozen_epochs and (backbone is None or self.world > 1):
             raise DahpError("--frozen-epochs needs a network with a backbone, trained in one process (not under torchrun)")
         if self.companion is not None:
@@ -373,7 +374,11 @@ class Trainer:
         self.model.load_state_dict(payload["model"])
         if self.companion is not None:
             self.companion.load_state_dict(payload["companion"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        try:
+            self.optimizer.load_state_dict(payload["optimizer"])
+        except ValueError:  # one parameter group: written before the backbone had its own learning rate
+            raise DahpError(f"{path} was written by an older dahp (one learning rate for all layers); "
+                            "start a new --out directory") from None
         self.scheduler.load_state_dict(payload["scheduler"])
         self.memory = None if payload["memory"] is None else payload["memory"].to(self.device)
         self.start_epoch = int(payload["epochs_done"])
