@@ -18,7 +18,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path, PurePath
 from typing import Any
@@ -106,6 +106,10 @@ class Budget:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def train_options(self, method: str) -> dict[str, Any]:
+        """The training settings of ``method``'s runs: the shared ones with its exceptions."""
+        return {**self.train, **self.method_train.get(method, {})}
+
     def network(self, bits: int = 48) -> ModelConfig:
         return ModelConfig(bits=bits, **self.model)
 
@@ -136,9 +140,8 @@ class RunPlan:
 
 def _deep_plan(method: Method, bits: int, budget: Budget, num_classes: int, seed: int) -> RunPlan:
     base = budget.network(bits)
-    model = replace(base, attention=method.attention) if budget.shared_backbone else method.model_config(base)
-    train = TrainConfig(**{**budget.train, **budget.method_train.get(method.name, {}), "method": method.name,
-                           "seed": seed})
+    model = method.model_config(base, shared_backbone=budget.shared_backbone)
+    train = TrainConfig(**budget.train_options(method.name), method=method.name, seed=seed)
     method.loss(train.loss_settings(bits, num_classes, model))  # rejects options the method does not have
     backbone = create_backbone(model.backbone, output_stride=model.output_stride, small_stem=model.small_stem)
     smallest = getattr(backbone, "min_image_size", 1)

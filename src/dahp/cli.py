@@ -192,12 +192,9 @@ def _train_settings(args: argparse.Namespace):
     model_options = {**(budget.model if budget else {}), **_given(args, MODEL_OPTIONS)}
     attention = model_options.pop("attention", None)
     base = ModelConfig(bits=args.bits, **model_options)
-    if args.backbone is not None or (budget and budget.shared_backbone):  # one backbone, whatever the method
-        model = replace(base, attention=method.attention if attention is None else attention)
-    else:
-        model = method.model_config(base, attention=attention)
-    train_options = {**(budget.train if budget else {}), **(budget.method_train.get(method.name, {}) if budget else {}),
-                     **_given(args, TRAIN_OPTIONS)}
+    shared = args.backbone is not None or bool(budget and budget.shared_backbone)  # one backbone, any method
+    model = method.model_config(base, attention=attention, shared_backbone=shared)
+    train_options = {**(budget.train_options(method.name) if budget else {}), **_given(args, TRAIN_OPTIONS)}
     config = TrainConfig(method=method.name, seed=args.seed, **train_options)
     backbone = create_backbone(model.backbone, output_stride=model.output_stride, small_stem=model.small_stem)
     size = args.image_size or (budget.image_size if budget else None)

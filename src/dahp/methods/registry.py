@@ -73,12 +73,15 @@ class Method:
             raise DahpError(f"method {self.name!r} is shallow (fixed features): it has no network loss")
         return self.build_loss(settings)
 
-    def model_config(self, base: ModelConfig, attention: bool | None = None) -> ModelConfig:
+    def model_config(
+        self, base: ModelConfig, attention: bool | None = None, shared_backbone: bool = False
+    ) -> ModelConfig:
         """``base`` with this method's network variant: its attention setting (unless
         ``attention`` overrides it) and, for a method tied to its own backbone, that
-        backbone at its natural output stride (DPSH's AlexNet: 32)."""
+        backbone at its natural output stride (DPSH's AlexNet: 32) -- unless every method
+        shares ``base``'s backbone (``shared_backbone``)."""
         changes: dict[str, object] = {"attention": self.attention if attention is None else attention}
-        if self.backbone is not None and self.backbone != base.backbone:
+        if not shared_backbone and self.backbone is not None and self.backbone != base.backbone:
             changes.update(backbone=self.backbone, output_stride=32, small_stem=False)
         return replace(base, **changes)
 
