@@ -7,6 +7,7 @@ from PIL import Image
 from dahp.cli import main
 from dahp.data import load_digits
 from dahp.hasher import MODEL_FILE
+from dahp.serialization import MAGIC
 
 TINY_TRAIN = ["--bits", "16", "--small-stem", "--output-stride", "4", "--hidden-dim", "64", "--batch-size", "32",
               "--weights", "none", "--device", "cpu", "--quiet"]
@@ -173,10 +174,22 @@ def test_corrupt_model_file_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--data", "digits", "--out", str(out), "--train-per-class", "3", "--epochs", "1",
                  *TINY_TRAIN]) == 0
     model = out / MODEL_FILE
-    model.write_bytes(model.read_bytes()[:-100])
-    capsys.readouterr()
-    assert main(["evaluate", str(model), "--query-per-class", "2", "--out", str(tmp_path / "report")]) == 1
-    assert "is truncated" in capsys.readouterr().err
+    good = model.read_bytes()
+    header_end = good.index(b"\n", len(MAGIC))
+    header = json.loads(good[len(MAGIC):header_end])
+    damaged = {
+        "is truncated": good[:-100],
+        "preprocess.image_size is -5, expected a whole number of pixels": MAGIC + json.dumps(
+            {**header, "preprocess": {**header["preprocess"], "image_size": -5}}).encode() + good[header_end:],
+        "is not a valid dahp model file (KeyError: 'model_config')": MAGIC + json.dumps(
+            {k: v for k, v in header.items() if k != "model_config"}).encode() + good[header_end:],
+    }
+    for message, content in damaged.items():
+        model.write_bytes(content)
+        capsys.readouterr()
+        assert main(["evaluate", str(model), "--query-per-class", "2", "--out", str(tmp_path / "report")]) == 1
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_image_folder_train_encode_and_folder_evaluation(tmp_path, capsys):

@@ -360,6 +360,11 @@ def test_damaged_manifest_is_refused(index_copy):
         (lambda m: m["files"]["engine"].update(name="../elsewhere.index"),
          "bad file name '../elsewhere.index' for the engine file"),
         (lambda m: m.update(count=5), "index is inconsistent: the manifest counts 5 items, the engine holds 1797"),
+        (lambda m: m["files"].pop("metadata"), "\"files\" lacks \\['metadata'\\]"),
+        (lambda m: m["files"].update(engine="codes.index"), "\"files.engine\" is \"codes.index\", expected"),
+        (lambda m: m.update(files=[]), "\"files\" is \\[\\], expected an object"),
+        (lambda m: m.update(sources=None), "\"sources\" is null, expected a list"),
+        (lambda m: m.update(count="many"), "\"count\" is \"many\", expected a whole number"),
     ]
     for change, message in tampered:
         (path / MANIFEST_FILE).write_text(manifest)

@@ -80,3 +80,57 @@ def test_atomic_npz_keeps_the_exact_name(tmp_path):
     path = tmp_path / "codes.bin"
     atomic_write_npz(path, codes=np.arange(4, dtype=np.uint8))
     assert np.array_equal(np.load(path)["codes"], np.arange(4))
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def _with_header(path, change):
+    raw = path.read_bytes()
+    header_end = raw.index(b"\n", len(serialization.MAGIC))
+    meta = change(json.loads(raw[len(serialization.MAGIC):header_end]))
+    path.write_bytes(serialization.MAGIC + json.dumps(meta).encode() + raw[header_end:])
+
+
+def test_a_crafted_pickle_is_refused_with_one_clear_error_and_runs_nothing(tmp_path):
+    path, marker = tmp_path / "evil.dahp", tmp_path / "the-payload-ran"
+    save_file(path, "model", {}, {"w": _RunsCodeWhenUnpickled(marker)})  # a valid header around it
+    with pytest.raises(DahpError, match="refused to load its payload, which is not plain tensors"):
+        load_file(path, "model")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda meta: [meta], "header is corrupt \\(a JSON list, expected an object\\)"),
+    (lambda meta: {k: v for k, v in meta.items() if k != "payload_bytes"}, "payload_bytes and payload_sha256 missing"),
+    (lambda meta: {**meta, "payload_sha256": 7}, "payload_bytes and payload_sha256 missing or mistyped"),
+])
+def test_a_header_of_the_wrong_shape_is_a_clear_error(tmp_path, change, message):
+    path = _saved(tmp_path)
+    _with_header(path, change)
+    with pytest.raises(DahpError, match=message):
+        load_file(path, "model")
+
+
+def test_a_payload_that_is_not_a_mapping_is_refused(tmp_path):
+    path = tmp_path / "m.dahp"
+    save_file(path, "model", {}, [torch.zeros(2)])  # type: ignore[arg-type]
+    with pytest.raises(DahpError, match="the payload is a list, expected a dictionary"):
+        load_file(path, "model")
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        save_file(tmp_path / "shared.dahp", "model", {}, {"w": torch.zeros(1)})
+        os.umask(0o077)
+        save_file(tmp_path / "private.dahp", "model", {}, {"w": torch.zeros(1)})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "shared.dahp").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "private.dahp").stat().st_mode & 0o777 == 0o600

@@ -22,7 +22,7 @@ from .errors import DahpError
 from .methods import get_method
 from .models import HashingNetwork, ModelConfig, init_backbone
 from .models.inference import inference_copy
-from .serialization import load_file, save_file
+from .serialization import load_file, reading, save_file
 from .training import TrainConfig, Trainer, resolve_device
 
 MODEL_FILE = "model.dahp"
@@ -120,8 +120,9 @@ class DeepHasher:
         if resume:
             assert checkpoint is not None
             header = trainer.restore(checkpoint)
-            self._check_same_run(header, checkpoint)
-            self.weights_note_ = header["weights"]
+            with reading(checkpoint, "checkpoint"):
+                self._check_same_run(header, checkpoint)
+                self.weights_note_ = header["weights"]
         trainer.checkpoint_header = self._header()
         self.history_ = trainer.fit(data)
         self.model_, self._encoder = model, None
@@ -190,7 +191,7 @@ class DeepHasher:
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> DeepHasher:
         header, payload = load_file(path, "model")
-        try:
+        with reading(path, "model"):
             hasher = cls(
                 ModelConfig.from_dict(header["model_config"]),
                 TrainConfig.from_dict(header["train_config"]),
@@ -202,12 +203,10 @@ class DeepHasher:
                 raise DahpError(f"{path}: anchors have {anchors.bits} bits but the model has {hasher.bits}")
             model = HashingNetwork(hasher.model_config)
             model.load_state_dict(payload["state_dict"])
-        except (KeyError, TypeError, RuntimeError) as exc:
-            raise DahpError(f"{path} is not a valid dahp model file ({type(exc).__name__}: {exc})") from None
+            hasher.class_names_ = list(header["class_names"])
+            hasher.history_ = list(header.get("history", []))
+            hasher.weights_note_ = header["weights"]
+            hasher.data_spec_ = header["data"]
         hasher.model_, hasher.anchors_ = model, anchors
-        hasher.class_names_ = list(header["class_names"])
-        hasher.history_ = list(header.get("history", []))
-        hasher.weights_note_ = header["weights"]
-        hasher.data_spec_ = header["data"]
         hasher.fingerprint_ = header["payload_sha256"]
         return hasher

@@ -32,7 +32,7 @@ from .losses import LossInputs, anchor_targets
 from .methods import LossSettings, get_method
 from .models import ModelConfig
 from .models.inference import inference_copy
-from .serialization import load_file, save_file
+from .serialization import load_file, reading, save_file
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
@@ -366,6 +366,10 @@ class Trainer:
     def restore(self, path: Path) -> dict[str, Any]:
         """Continue from a checkpoint; returns its header. Only ``epochs`` may grow since then."""
         header, payload = load_file(path, "checkpoint")
+        with reading(path, "checkpoint"):
+            return self._restore(path, header, payload)
+
+    def _restore(self, path: Path, header: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
         saved = TrainConfig.from_dict(header["train_config"])
         if saved.to_dict() | {"epochs": 0} != self.config.to_dict() | {"epochs": 0}:
             differing = sorted(k for k, v in saved.to_dict().items() if k != "epochs" and self.config.to_dict()[k] != v)
@@ -374,11 +378,11 @@ class Trainer:
         self.model.load_state_dict(payload["model"])
         if self.companion is not None:
             self.companion.load_state_dict(payload["companion"])
-        try:
-            self.optimizer.load_state_dict(payload["optimizer"])
-        except ValueError:  # one parameter group: written before the backbone had its own learning rate
+        if len(payload["optimizer"]["param_groups"]) != len(self.optimizer.param_groups):
+            # one parameter group: written before the backbone had its own learning rate
             raise DahpError(f"{path} was written by an older dahp (one learning rate for all layers); "
-                            "start a new --out directory") from None
+                            "start a new --out directory")
+        self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.memory = None if payload["memory"] is None else payload["memory"].to(self.device)
         self.start_epoch = int(payload["epochs_done"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +33,16 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> Preprocess:
-        return cls(int(data["image_size"]), tuple(data["mean"]), tuple(data["std"]))  # type: ignore[arg-type]
+        """Raises ValueError naming the field that is out of range (a hand-edited or damaged file)."""
+        size, mean, std = data["image_size"], tuple(data["mean"]), tuple(data["std"])  # type: ignore[arg-type]
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 4096:
+            raise ValueError(f"preprocess.image_size is {size!r}, expected a whole number of pixels in 1..4096")
+        for name, values in (("mean", mean), ("std", std)):
+            if len(values) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                raise ValueError(f"preprocess.{name} is {list(values)!r}, expected three finite numbers")
+        if min(std) <= 0:
+            raise ValueError(f"preprocess.std is {list(std)!r}, expected positive numbers")
+        return cls(size, mean, std)  # type: ignore[arg-type]
 
     def batch(self, images: np.ndarray) -> torch.Tensor:
         """(n, h, w, 3) uint8 -> (n, 3, s, s) float, resized when h or w differ from s."""

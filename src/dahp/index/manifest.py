@@ -21,6 +21,8 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 _REQUIRED = ("index_id", "generation", "bits", "model_fingerprint", "backend", "count", "created", "updated",
              "files", "sources")
+_FILE_ROLES = ("model", "engine", "metadata")
+_KIND_NAMES = {int: "a whole number", str: "a string", dict: "an object", list: "a list"}
 
 
 def sha256_file(path: Path) -> str:
@@ -58,7 +60,31 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     missing = [key for key in _REQUIRED if key not in manifest]
     if missing:
         raise DahpError(f"{path} is corrupt: it lacks {missing}")
+    problem = _shape_problem(manifest)
+    if problem:
+        raise DahpError(f"{path} is corrupt: {problem}")
     return manifest
+
+
+def _shape_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a manifest's structure (valid JSON that dahp did not write), or None."""
+    for key, kind in (("bits", int), ("count", int), ("generation", int), ("backend", str),
+                      ("model_fingerprint", str), ("files", dict), ("sources", list)):
+        if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
+            return f'"{key}" is {json.dumps(manifest[key])}, expected {_KIND_NAMES[kind]}'
+    if manifest["count"] < 0 or manifest["bits"] < 1:
+        return f'"count" {manifest["count"]} and "bits" {manifest["bits"]} must be positive'
+    roles = [role for role in _FILE_ROLES if role not in manifest["files"]]
+    if roles:
+        return f'"files" lacks {roles}'
+    for role, record in manifest["files"].items():
+        if not (isinstance(record, dict) and isinstance(record.get("name"), str)
+                and isinstance(record.get("bytes"), int) and isinstance(record.get("sha256"), str)):
+            return f'"files.{role}" is {json.dumps(record)}, expected {{"name", "bytes", "sha256"}}'
+    for number, source in enumerate(manifest["sources"]):
+        if not isinstance(source, dict) or not isinstance(source.get("skipped", []), list):
+            return f'"sources[{number}]" is {json.dumps(source)}, expected an object with a "skipped" list'
+    return None
 
 
 def verify_files(directory: Path, manifest: dict[str, Any]) -> None:

@@ -47,7 +47,7 @@ import numpy as np
 from ..data import ImageCollection, load_source
 from ..errors import DahpError
 from ..hasher import MODEL_FILE, DeepHasher
-from ..serialization import atomic_write_bytes, read_header
+from ..serialization import atomic_write_bytes, honour_umask, read_header
 from .engine import ENGINES, FaissEngine, HammingEngine
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, file_record, read_manifest, verify_files, write_manifest
 from .metadata import Item, Metadata, collection_rows
@@ -79,6 +79,8 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
 def _model_identity(path: str | Path) -> tuple[str, int]:
     """(fingerprint, bits) of a model file, read from its verified header without loading the weights."""
     header, _ = read_header(path, "model")
+    if not isinstance(header.get("bits"), int):
+        raise DahpError(f"{path} is not a valid dahp model file (its header has no code length)")
     return header["payload_sha256"], header["bits"]
 
 
@@ -233,6 +235,7 @@ class Index:
             raise DahpError(f"{model_path}: cannot read the model file ({exc.strerror})") from None
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.build-", dir=target.parent))
+        honour_umask(staging, directory=True)
         try:
             atomic_write_bytes(staging / MODEL_FILE, model_bytes)
             hasher = DeepHasher.load(staging / MODEL_FILE, device=device)
