@@ -271,3 +271,14 @@ def test_train_help_shows_every_default(capsys):
                   "--output-stride {2,4,8,16,32} default 8", "default 0.04, or the budget's", "code length (default 48)",
                   "--batch-size BATCH_SIZE default 128", "--augment {none,flip,flip-crop}"):
         assert shown in text
+
+
+def test_resume_says_where_it_continues(tmp_path, capsys):
+    argv = ["train", "--data", "digits", "--out", str(tmp_path / "run"), "--train-per-class", "3", *TINY_TRAIN]
+    assert main([*argv, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--epochs", "2", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming from {tmp_path / 'run' / 'checkpoint.dahp'} after epoch 1 of 2" in out
+    assert "backbone: restored from the checkpoint (at the start: random init" in out
+    assert "epoch 2:" in out

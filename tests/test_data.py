@@ -71,7 +71,7 @@ def test_bad_folders_and_images_are_named(tmp_path):
     _write_folder(tmp_path / "bad")
     (tmp_path / "bad" / "cat" / "0.png").write_bytes(b"not a png")
     data = load_source(str(tmp_path / "bad"))
-    with pytest.raises(DahpError, match=r"cannot read image .*cat/0.png"):
+    with pytest.raises(DahpError, match=r"cannot read image .*cat/0.png: .*--skip-bad .* leaves unreadable images out"):
         list(iterate_batches(data, np.arange(len(data)), 8, Preprocess(image_size=8)))
 
 

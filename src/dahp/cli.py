@@ -208,10 +208,18 @@ def _train_settings(args: argparse.Namespace):
     return model, config, preprocess, weights
 
 
+def _say_where_training_resumes(checkpoint: Path, epochs: int) -> None:
+    from .serialization import read_header
+
+    if checkpoint.is_file():  # when it is not, fit() says so
+        done = read_header(checkpoint, "checkpoint")[0].get("epochs_done")
+        print(f"resuming from {checkpoint} after epoch {done} of {epochs}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .data import save_protocol
     from .distributed import is_main_process
-    from .hasher import MODEL_FILE, DeepHasher
+    from .hasher import CHECKPOINT_FILE, MODEL_FILE, DeepHasher
 
     model, config, preprocess, weights = _train_settings(args)
     data = _collection(args, args.data)
@@ -227,9 +235,12 @@ def cmd_train(args: argparse.Namespace) -> None:
               f"{args.bits} bits, {sized.epochs} epochs{f' (--min-steps {config.min_steps})' if sized != config else ''}"
               f"{f' from --budget {args.budget}' if args.budget else ''}, device {hasher.device}")
         save_protocol(Path(args.out) / "protocol.json", protocol, split)
+        if args.resume:
+            _say_where_training_resumes(Path(args.out) / CHECKPOINT_FILE, sized.epochs)
     hasher.fit(train, out_dir=args.out, resume=args.resume, data_spec=_data_record(args, protocol, split))
     if rank0:
-        print(f"backbone: {hasher.weights_note_}")
+        note = hasher.weights_note_
+        print(f"backbone: restored from the checkpoint (at the start: {note})" if args.resume else f"backbone: {note}")
         last = hasher.history_[-1]
         print(f"epoch {last['epoch']}: loss {last['loss']:.4f}, {last['images_per_s']:.0f} images/s")
         print(f"model saved to {Path(args.out) / MODEL_FILE}")

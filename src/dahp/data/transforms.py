@@ -87,7 +87,10 @@ class _FileBatches(torch.utils.data.Dataset):
     def __getitem__(self, item: int) -> tuple[torch.Tensor, np.ndarray]:
         indices = self.batches[item]
         size = self.preprocess.image_size
-        pixels = np.stack([decode_image(self.paths[i], size) for i in indices])
+        try:
+            pixels = np.stack([decode_image(self.paths[i], size) for i in indices])
+        except DahpError as exc:  # an image that became unreadable after the source was listed
+            raise DahpError(f"{exc} (--skip-bad / skip_bad=True leaves unreadable images out)") from None
         return self.preprocess.batch(pixels), indices
 
 
