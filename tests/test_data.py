@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -5,11 +7,14 @@ from PIL import Image
 
 from dahp.data import (
     ImageCollection,
+    ImageTooLarge,
     Preprocess,
+    decode_image,
     default_preprocess,
     iterate_batches,
     load_digits,
     load_source,
+    max_image_pixels,
     split_per_class,
 )
 from dahp.errors import DahpError
@@ -88,3 +93,19 @@ def test_preprocess_normalises_and_resizes():
     assert default_preprocess("digits").image_size == 8
     assert default_preprocess("/photos").image_size == 224
     assert Preprocess.from_dict(pre.to_dict()) == pre
+
+
+def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path, monkeypatch):
+    _write_folder(tmp_path / "photos")
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "photos" / "cat" / "0.png")
+    monkeypatch.setenv("DAHP_MAX_IMAGE_PIXELS", "1000")
+    with pytest.raises(ImageTooLarge, match=r"0.png is 40 x 30 = 1,200 pixels, over the limit of 1,000 "
+                                            r"\(set \$DAHP_MAX_IMAGE_PIXELS to change it\)"):
+        decode_image(tmp_path / "photos" / "cat" / "0.png", 8)
+    kept = load_source(str(tmp_path / "photos"), skip_bad=True)
+    assert [Path(path).name for path, _ in kept.skipped] == ["0.png"] and "over the limit" in kept.skipped[0][1]
+    monkeypatch.setenv("DAHP_MAX_IMAGE_PIXELS", "1200")
+    assert decode_image(tmp_path / "photos" / "cat" / "0.png", 8).shape == (8, 8, 3)
+    monkeypatch.setenv("DAHP_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(DahpError, match=r"\$DAHP_MAX_IMAGE_PIXELS is 'lots', expected a positive whole number"):
+        max_image_pixels()

@@ -129,3 +129,23 @@ def test_page_end_to_end_in_headless_chromium(index, tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_images_over_the_pixel_limit_get_413_before_decoding(index, tmp_path, monkeypatch):
+    digits = load_digits()
+    for number in range(4):
+        folder = tmp_path / "photos" / f"digit{number % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(digits.images[number]).save(folder / f"{number}.png")
+    folder_index = Index.build(index.path / MODEL_FILE, str(tmp_path / "photos"), tmp_path / "index", progress=False)
+    client = TestClient(create_app(folder_index))
+    monkeypatch.setenv("DAHP_MAX_IMAGE_PIXELS", "100")  # digits are 8 x 8 = 64 pixels
+    assert client.post("/search", files={"image": ("ok.png", _png(digits.images[0]), "image/png")}).status_code == 200
+    huge = client.post("/search", files={"image": ("huge.png", _png(np.zeros((20, 20, 3), np.uint8)), "image/png")})
+    assert huge.status_code == 413 and "20 x 20 = 400 pixels, over the limit of 100" in huge.json()["detail"]
+    # a file that became too large after indexing: its thumbnail is a clear 4xx, not a 500
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(client.get("/items/0").json()["path"])
+    thumbnail = client.get("/items/0/thumbnail")
+    assert thumbnail.status_code == 413 and "DAHP_MAX_IMAGE_PIXELS" in thumbnail.json()["detail"]
+    assert client.post("/search/items/0").status_code == 413
+    assert client.get("/items/1/thumbnail").status_code == 200

@@ -24,7 +24,17 @@ from .sources import (
     source_exists,
 )
 from .splits import Split, split_per_class
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess, decode_image, default_preprocess, iterate_batches
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageTooLarge,
+    Preprocess,
+    decode_image,
+    default_preprocess,
+    iterate_batches,
+    max_image_pixels,
+    open_image,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -32,6 +42,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "PROTOCOLS",
     "ImageCollection",
+    "ImageTooLarge",
     "Preprocess",
     "Protocol",
     "Split",
@@ -48,6 +59,8 @@ __all__ = [
     "load_csv",
     "load_digits",
     "load_image_tree",
+    "max_image_pixels",
+    "open_image",
     "load_list_file",
     "load_protocol",
     "load_source",

@@ -59,6 +59,7 @@ from PIL import Image
 from ..errors import DahpError
 from ..serialization import atomic_write_npz
 from .collection import IMAGE_EXTENSIONS, ImageCollection, load_digits, one_hot
+from .transforms import ImageTooLarge, open_image
 
 IN_MEMORY_MAX_SIDE = 64
 """Archive images no larger than this (both sides, one common size) are decoded into memory."""
@@ -201,8 +202,10 @@ def _allow_options(target: str, options: dict[str, str], allowed: Sequence[str])
 def _try_decode(source: Path | IO[bytes]) -> tuple[np.ndarray | None, str]:
     """Decode one image to (h, w, 3) uint8, or return None and why it is unreadable."""
     try:
-        with Image.open(source) as image:
+        with open_image(source) as image:
             return np.asarray(image.convert("RGB")), ""
+    except ImageTooLarge as exc:
+        return None, str(exc)
     except _BAD_IMAGE as exc:
         return None, f"{type(exc).__name__}: {exc}"
 

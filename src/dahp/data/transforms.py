@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
@@ -18,6 +20,38 @@ from .collection import ImageCollection
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # a 7,000 x 7,000 photo; decoding it takes about 150 MB
+MAX_PIXELS_VARIABLE = "DAHP_MAX_IMAGE_PIXELS"
+
+
+class ImageTooLarge(DahpError):
+    """An image whose header declares more pixels than :func:`max_image_pixels` allows."""
+
+
+def max_image_pixels() -> int:
+    """The most pixels dahp decodes in one image: ``$DAHP_MAX_IMAGE_PIXELS`` or 50 million.
+
+    Why: a small file can declare a huge image (a 165 KB PNG of 12,000 x 12,000 decodes to
+    1.5 GB), below Pillow's own bomb threshold; the header is checked before any decoding.
+    """
+    value = os.environ.get(MAX_PIXELS_VARIABLE)
+    if value is None:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if not value.isdigit() or int(value) < 1:
+        raise DahpError(f"${MAX_PIXELS_VARIABLE} is {value!r}, expected a positive whole number of pixels")
+    return int(value)
+
+
+@contextmanager
+def open_image(source: Path | IO[bytes], name: str | None = None) -> Iterator[Image.Image]:
+    """``Image.open`` that refuses, before decoding, an image over :func:`max_image_pixels`."""
+    with Image.open(source) as image:
+        width, height = image.size
+        limit = max_image_pixels()
+        if width * height > limit:
+            raise ImageTooLarge(f"image {name or source} is {width} x {height} = {width * height:,} pixels, over "
+                                f"the limit of {limit:,} (set ${MAX_PIXELS_VARIABLE} to change it)")
+        yield image
 
 
 @dataclass(frozen=True)
@@ -69,8 +103,10 @@ def decode_image(source: Path | IO[bytes], size: int, name: str | None = None) -
     A clear error names the bad image (``name``, else the path).
     """
     try:
-        with Image.open(source) as image:
+        with open_image(source, name) as image:
             return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
+    except ImageTooLarge:
+        raise
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         raise DahpError(f"cannot read image {name or source}: {exc}") from None
 

@@ -19,6 +19,7 @@ from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image, UnidentifiedImageError
 
+from ..data import ImageTooLarge, open_image
 from ..errors import DahpError
 from ..index import Hit, Index
 
@@ -35,9 +36,11 @@ def _hit_json(hit: Hit) -> dict[str, Any]:
 def _check_image(data: bytes) -> None:
     """415 unless ``data`` decodes as an image (the declared content type is not trusted)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(io.BytesIO(data), "upload") as image:
             image.verify()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except (ImageTooLarge, Image.DecompressionBombError) as exc:
+        raise HTTPException(413, str(exc)) from None
+    except (UnidentifiedImageError, OSError, ValueError):
         raise HTTPException(415, "the upload is not a readable image (JPEG, PNG, GIF, BMP, WebP, TIFF …)") from None
 
 
@@ -52,6 +55,8 @@ def create_app(index: Index, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -
         started = time.perf_counter()
         try:
             hits = index.search_images(images, k=k)[0]
+        except ImageTooLarge as exc:
+            raise HTTPException(413, str(exc)) from None
         except DahpError as exc:
             raise HTTPException(415, str(exc)) from None
         return {"query": label, "hits": [_hit_json(hit) for hit in hits],
@@ -100,11 +105,13 @@ def create_app(index: Index, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -
             return stored
         item = item_or_404(item_id)
         try:
-            with Image.open(item.path) as image:
+            with open_image(item.path, f"of item {item_id}") as image:
                 image = image.convert("RGB")
                 image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
                 buffer = io.BytesIO()
                 image.save(buffer, format="PNG")
+        except (ImageTooLarge, Image.DecompressionBombError) as exc:
+            raise HTTPException(413, str(exc)) from None
         except (OSError, UnidentifiedImageError, ValueError):
             raise HTTPException(404, f"the image of item {item_id} is no longer readable") from None
         return buffer.getvalue()
