@@ -273,6 +273,23 @@ def test_train_help_shows_every_default(capsys):
         assert shown in text
 
 
+@pytest.mark.parametrize(("command", "shown"), [
+    (["demo"], ["--epochs EPOCHS training epochs of each model (default: 12)", "(default: 0)"]),
+    (["index", "build"], ["--batch-size BATCH_SIZE images per forward pass (default: 256)",
+                          "--cache-dir CACHE_DIR where decoded archives are cached", "oversized images"]),
+    (["evaluate"], ["--cache-dir CACHE_DIR where decoded archives are cached", "--workers WORKERS image-decoding "
+                    "processes (default: 0)"]),
+    (["serve"], ["--port PORT TCP port (default: 8000)"]),
+    (["benchmark"], ["cpu-transfer", "(default: smoke)"]),
+])
+def test_every_command_shows_its_defaults_and_words_shared_options_alike(capsys, command, shown):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for phrase in shown:
+        assert phrase in text
+
+
 def test_resume_says_where_it_continues(tmp_path, capsys):
     argv = ["train", "--data", "digits", "--out", str(tmp_path / "run"), "--train-per-class", "3", *TINY_TRAIN]
     assert main([*argv, "--epochs", "1"]) == 0

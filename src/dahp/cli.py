@@ -21,6 +21,13 @@ from .codes import MAX_BITS, MIN_BITS, check_bits
 from .errors import DahpError
 from .export import add_export_command
 from .index.commands import add_index_commands
+from .options import (
+    DefaultsHelpFormatter,
+    add_runtime_options,
+    add_source_options,
+    non_negative_int,
+    positive_int,
+)
 
 
 def _bits(text: str) -> int:
@@ -32,21 +39,6 @@ def _bits(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--bits ")) from None
 
 
-def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1, "a positive integer")
-_non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 # --- commands -------------------------------------------------------------------
@@ -402,32 +394,28 @@ SOURCE_HELP = ("'digits' (embedded), an image folder ROOT/<class>/<image>, a .ta
                "python-batches directory, 'cifar10' (download), a list file (.txt: 'path 0 1 0 ...') or a .csv")
 
 
-def _add_source_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image-root", default=None, help="root of the relative paths in a list file or CSV")
-    parser.add_argument("--cache-dir", default=None, help="decoded-image cache (default $DAHP_CACHE or ~/.cache/dahp)")
-    parser.add_argument("--skip-bad", action="store_true", help="leave out unreadable images and list them")
-
-
 def _add_protocol_options(parser: argparse.ArgumentParser) -> None:
     from .data import PROTOCOLS
 
     parser.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None,
                         help="named split (cifar10: 100 queries + 500 training per class, database = the rest)")
-    parser.add_argument("--query-per-class", type=_non_negative_int, default=None, metavar="N",
+    parser.add_argument("--query-per-class", type=non_negative_int, default=None, metavar="N",
                         help="per-class protocol: queries drawn per class")
-    parser.add_argument("--train-per-class", type=_non_negative_int, default=None, metavar="N",
+    parser.add_argument("--train-per-class", type=non_negative_int, default=None, metavar="N",
                         help="per-class protocol: training images per class (0: all non-query images)")
-    parser.add_argument("--query-size", type=_non_negative_int, default=None, metavar="N",
+    parser.add_argument("--query-size", type=non_negative_int, default=None, metavar="N",
                         help="random protocol (multi-label data): queries drawn from the whole collection")
-    parser.add_argument("--train-size", type=_non_negative_int, default=None, metavar="N",
+    parser.add_argument("--train-size", type=non_negative_int, default=None, metavar="N",
                         help="random protocol: training images drawn (0: all non-query images)")
-    parser.add_argument("--split-seed", type=_non_negative_int, default=0, metavar="S")
+    parser.add_argument("--split-seed", type=non_negative_int, default=0, metavar="S", help="seed of the split")
 
 
-def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    parser.add_argument("--batch-size", type=_positive_int, default=256)
-    parser.add_argument("--workers", type=_non_negative_int, default=0, help="image-decoding processes")
+def _shipped_budgets() -> list[str]:
+    """The budgets packaged with dahp, read from the package without importing torch."""
+    from importlib import resources
+
+    return sorted(entry.name.removesuffix(".json") for entry in resources.files("dahp").joinpath("budgets").iterdir()
+                  if entry.name.endswith(".json"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -436,22 +424,24 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Callable[[argparse.Namespace], None], help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  formatter_class=DefaultsHelpFormatter)
         sub.set_defaults(handler=handler)
         return sub
 
     demo = command("demo", cmd_demo, "train DAHP and its DPSH-loss ablation on scikit-learn's digits and compare")
-    demo.add_argument("--epochs", type=_positive_int, default=12)
-    demo.add_argument("--bits", type=_bits, default=48)
-    demo.add_argument("--seed", type=_non_negative_int, default=0)
+    demo.add_argument("--epochs", type=positive_int, default=12, help="training epochs of each model")
+    demo.add_argument("--bits", type=_bits, default=48, help="code length")
+    demo.add_argument("--seed", type=non_negative_int, default=0, help="split and initialisation seed")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
     anchors = command("anchors", cmd_anchors, "generate AHCG anchor codes, one per class")
-    anchors.add_argument("--bits", type=_bits, required=True)
-    anchors.add_argument("--classes", type=_positive_int, required=True)
-    anchors.add_argument("--seed", type=_non_negative_int, default=0)
-    anchors.add_argument("--method", choices=("auto", "lexicode", "scalable"), default="auto")
-    anchors.add_argument("--min-distance", type=_positive_int, default=None, metavar="H",
+    anchors.add_argument("--bits", type=_bits, required=True, help="code length")
+    anchors.add_argument("--classes", type=positive_int, required=True, help="number of anchors")
+    anchors.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
+    anchors.add_argument("--method", choices=("auto", "lexicode", "scalable"), default="auto",
+                         help="AHCG's exact lexicode search or its scalable variant")
+    anchors.add_argument("--min-distance", type=positive_int, default=None, metavar="H",
                          help="fail unless every pair of anchors is at least H bits apart")
     anchors.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -461,11 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, help=SOURCE_HELP)
     train.add_argument("--out", required=True, type=Path, help="run directory (checkpoint.dahp, model.dahp)")
     train.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.dahp")
-    _add_source_options(train)
+    add_source_options(train)
     _add_protocol_options(train)
     train.add_argument("--budget", default=None, metavar="NAME|FILE",
-                       help="start from a benchmark budget's settings (network, optimiser, image size, weights; "
-                            "e.g. cpu-pretrained, or a budget JSON file); the flags below override it")
+                       help="start from a benchmark budget's settings (network, optimiser, image size, weights): "
+                            f"{', '.join(_shipped_budgets())} or a budget JSON file; the flags below override it")
     train.add_argument("--bits", type=_bits, default=48, help="code length (default 48)")
 
     def option(name: str, **kwargs: object) -> None:
@@ -483,17 +473,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     defaults = {field.name: field.default for config in (ModelConfig, TrainConfig) for field in fields(config)}
 
-    option("--epochs", type=_positive_int)
-    option("--batch-size", type=_positive_int)
+    option("--epochs", type=positive_int)
+    option("--batch-size", type=positive_int)
     option("--lr", type=float, help="learning rate (of the new layers, with --backbone-lr-scale)")
     option("--momentum", type=float)
     option("--weight-decay", type=float)
     option("--optimizer", choices=OPTIMIZERS)
     option("--schedule", choices=SCHEDULES, help="learning-rate schedule over the epochs")
-    option("--frozen-epochs", type=_non_negative_int,
+    option("--frozen-epochs", type=non_negative_int,
            help="first train only the new layers (attention, head) on the frozen pretrained backbone")
     option("--backbone-lr-scale", type=float, help="the backbone's learning rate is --lr times this")
-    option("--min-steps", type=_non_negative_int,
+    option("--min-steps", type=non_negative_int,
            help="raise the epochs so a small training set still gets this many optimiser steps")
     train.add_argument("--method", default="dahp", help="loss and network variant (list them: dahp methods); default dahp")
     option("--anchor-weight", type=float, shown="the method's (DAHP 0.05)", help="lambda of DAHP's anchor loss (0: off)")
@@ -503,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
            help="random flips (flip), also padded random crops (flip-crop)")
     option("--pairs", choices=PAIR_MODES,
            help="pair each batch with a memory of all training codes (DPSH) or only with itself")
-    train.add_argument("--image-size", type=_positive_int, default=None,
+    train.add_argument("--image-size", type=positive_int, default=None,
                        help="input resolution (default: the budget's, else the backbone weights' own, 224 for "
                             "ResNet-18; digits: 8)")
     option("--output-stride", type=int, choices=(2, 4, 8, 16, 32))
@@ -512,17 +502,17 @@ def build_parser() -> argparse.ArgumentParser:
     option("--backbone", choices=list_backbones(), shown="the method's (resnet18; DPSH: alexnet)")
     option("--attention", action=argparse.BooleanOptionalAction, shown="the method's (dahp, dahp-v2: on)",
            help="dual attention on/off")
-    option("--hidden-dim", type=_positive_int, help="width of the head's FC1")
-    option("--head-channels", type=_positive_int, shown="none (the backbone's channels)",
+    option("--hidden-dim", type=positive_int, help="width of the head's FC1")
+    option("--head-channels", type=positive_int, shown="none (the backbone's channels)",
            help="reduce the backbone's map to this many channels before attention (DANet's reduction)")
     option("--hash-norm", action=argparse.BooleanOptionalAction,
            help="batch-normalise the hash outputs (keeps pairwise losses off the b = 0 saddle)")
     train.add_argument("--weights", default=None,
                        help="backbone state dict file, or 'none' (default: the budget's, else the backbone's "
                             "pretrained weights when they are on this machine)")
-    train.add_argument("--seed", type=_non_negative_int, default=0, help="initialisation and data-order seed (default 0)")
+    train.add_argument("--seed", type=non_negative_int, default=0, help="initialisation and data-order seed (default 0)")
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    option("--workers", type=_non_negative_int, help="image-decoding processes")
+    option("--workers", type=non_negative_int, help="image-decoding processes")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
     encode = command("encode", cmd_encode, "encode images to packed binary codes (.npz)")
@@ -530,25 +520,25 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("images", help=SOURCE_HELP)
     encode.add_argument("-o", "--output", required=True, type=Path, help="output .npz")
     encode.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_source_options(encode)
-    _add_runtime_options(encode)
+    add_source_options(encode)
+    add_runtime_options(encode)
 
     evaluate = command("evaluate", cmd_evaluate,
                        "mAP@K, tie-aware mAP, PR curves, P@N and P@H<=r for one or more models; writes a report")
     evaluate.add_argument("models", nargs="+", metavar="MODEL", help="model files (model.dahp)")
     evaluate.add_argument("--data", default=None, help="collection to split (default: each model's training data). "
                           + SOURCE_HELP)
-    _add_source_options(evaluate)
+    add_source_options(evaluate)
     _add_protocol_options(evaluate)
     evaluate.add_argument("--query", default=None, help="query collection (with --database)")
     evaluate.add_argument("--database", default=None, help="database collection (with --query)")
-    evaluate.add_argument("--top-k", type=_positive_int, default=None, help="mAP@K (default: all)")
-    evaluate.add_argument("--radius", type=_non_negative_int, default=2, help="Hamming radius of P@H<=r")
+    evaluate.add_argument("--top-k", type=positive_int, default=None, help="mAP@K (default: all)")
+    evaluate.add_argument("--radius", type=non_negative_int, default=2, help="Hamming radius of P@H<=r")
     evaluate.add_argument("--out", type=Path, default=Path("dahp-evaluation"),
                           help="report folder: results.json, results.md, PNG plots (default ./dahp-evaluation)")
     evaluate.add_argument("--json", action="store_true", help="print the headline figures as JSON")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_runtime_options(evaluate)
+    add_runtime_options(evaluate)
 
     benchmark = command("benchmark", cmd_benchmark,
                         "train and evaluate several methods on one split and budget; Tables III/IV (resumable)")
@@ -558,15 +548,15 @@ def build_parser() -> argparse.ArgumentParser:
                            help="comma-separated method names, 'all', or 'table-iv' (the paper's ten rows); "
                                 "list them: dahp methods")
     benchmark.add_argument("--bits", type=_bits_list, default=[48], help="code lengths, e.g. 12,24,32,48")
-    benchmark.add_argument("--budget", default="smoke",
-                           help="smoke, cpu, cpu-pretrained, paper, or a budget JSON file")
+    benchmark.add_argument("--budget", default="smoke", metavar="NAME|FILE",
+                           help=f"a shipped budget ({', '.join(_shipped_budgets())}) or a budget JSON file")
     benchmark.add_argument("--out", type=Path, required=True,
                            help="results folder; rerunning skips finished runs and resumes interrupted ones")
-    benchmark.add_argument("--seed", type=_non_negative_int, default=0, help="initialisation and data-order seed")
-    benchmark.add_argument("--split-seed", type=_non_negative_int, default=0, help="seed of the protocol's split")
+    benchmark.add_argument("--seed", type=non_negative_int, default=0, help="initialisation and data-order seed")
+    benchmark.add_argument("--split-seed", type=non_negative_int, default=0, help="seed of the protocol's split")
     benchmark.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     benchmark.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_source_options(benchmark)
+    add_source_options(benchmark)
 
     add_export_command(command)
     add_index_commands(command)
@@ -574,17 +564,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve = command("serve", cmd_serve, "web page and JSON API to search an index by image")
     serve.add_argument("index", help="index directory (dahp index build)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    serve.add_argument("--port", type=_positive_int, default=8000)
+    serve.add_argument("--port", type=positive_int, default=8000, help="TCP port")
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads get HTTP 413")
     serve.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
 
     data = command("data", lambda args: None, "inspect data sources and protocols")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     describe = data_commands.add_parser("describe", help="sizes per split and per class",
-                                        description="sizes per split and per class for a source and protocol")
+                                        description="sizes per split and per class for a source and protocol",
+                                        formatter_class=DefaultsHelpFormatter)
     describe.set_defaults(handler=cmd_data_describe)
     describe.add_argument("data", metavar="SOURCE", help=SOURCE_HELP)
-    _add_source_options(describe)
+    add_source_options(describe)
     _add_protocol_options(describe)
     return parser
 

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..options import DefaultsHelpFormatter, add_runtime_options, add_source_options
+
 if TYPE_CHECKING:
     from .store import Hit, Index
 
@@ -24,12 +26,8 @@ SOURCE_HELP = "images to index: 'digits', an image folder ROOT/<class>/<image>, 
 
 
 def _add_encoding_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=0, help="image-decoding processes")
-    parser.add_argument("--skip-bad", action="store_true", help="leave out unreadable images and list them")
-    parser.add_argument("--image-root", default=None, help="root of the relative paths in a list file or CSV")
-    parser.add_argument("--cache-dir", default=None, help="decoded-archive cache (default $DAHP_CACHE or ~/.cache/dahp)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    add_source_options(parser)
+    add_runtime_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -125,7 +123,8 @@ def add_index_commands(command: CommandFactory) -> None:
     actions = index.add_subparsers(dest="index_command", required=True, metavar="COMMAND")
 
     def subcommand(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        sub = actions.add_parser(name, help=help_text, description=help_text)
+        sub = actions.add_parser(name, help=help_text, description=help_text,
+                                 formatter_class=DefaultsHelpFormatter)
         sub.set_defaults(handler=handler)
         return sub
 
