@@ -144,8 +144,26 @@ def test_images_over_the_pixel_limit_get_413_before_decoding(index, tmp_path, mo
     huge = client.post("/search", files={"image": ("huge.png", _png(np.zeros((20, 20, 3), np.uint8)), "image/png")})
     assert huge.status_code == 413 and "20 x 20 = 400 pixels, over the limit of 100" in huge.json()["detail"]
     # a file that became too large after indexing: its thumbnail is a clear 4xx, not a 500
-    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(client.get("/items/0").json()["path"])
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "photos" / client.get("/items/0").json()["path"])
     thumbnail = client.get("/items/0/thumbnail")
     assert thumbnail.status_code == 413 and "DAHP_MAX_IMAGE_PIXELS" in thumbnail.json()["detail"]
     assert client.post("/search/items/0").status_code == 413
     assert client.get("/items/1/thumbnail").status_code == 200
+
+
+def test_paths_are_shown_relative_to_the_indexed_folder_unless_asked(index, tmp_path):
+    digits = load_digits()
+    for number in range(4):
+        folder = tmp_path / "server" / "photos" / f"digit{number % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(digits.images[number]).save(folder / f"{number}.png")
+    folder_index = Index.build(index.path / MODEL_FILE, str(tmp_path / "server" / "photos"), tmp_path / "index",
+                               progress=False)
+    query = {"image": ("q.png", _png(digits.images[0]), "image/png")}
+    relative = TestClient(create_app(folder_index))
+    paths = {relative.get(f"/items/{i}").json()["path"] for i in range(4)}
+    assert paths == {"digit0/0.png", "digit1/1.png", "digit0/2.png", "digit1/3.png"}
+    assert {hit["path"] for hit in relative.post("/search?k=4", files=query).json()["hits"]} == paths
+    full = TestClient(create_app(folder_index, full_paths=True))
+    assert full.get("/items/0").json()["path"] == str(tmp_path / "server" / "photos" / "digit0" / "0.png")
+    assert str(tmp_path) not in relative.post("/search?k=4", files=query).text

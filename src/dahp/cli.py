@@ -382,7 +382,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .index import Index
 
     index = Index.load(args.index, device=args.device)
-    app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 2**20))
+    app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 2**20), full_paths=args.full_paths)
     print(f"serving {args.index} ({index.info()['count']} images) on http://{args.host}:{args.port}/  (Ctrl-C stops)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
@@ -567,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=positive_int, default=8000, help="TCP port")
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads get HTTP 413")
     serve.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    serve.add_argument("--full-paths", action="store_true",
+                       help="show each item's absolute path on this machine (default: relative to the folder "
+                            "holding every indexed image)")
 
     data = command("data", lambda args: None, "inspect data sources and protocols")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")

@@ -14,6 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,6 +106,17 @@ class Metadata:
     def id_span(self) -> tuple[int | None, int | None]:
         """Smallest and largest id (None when empty): with ``count``, proves the ids are 0..count-1."""
         return self._summary[1], self._summary[2]
+
+    @cached_property
+    def image_root(self) -> str | None:
+        """The deepest folder holding every indexed image file (None when none is a file).
+
+        The smallest and largest paths in string order share the longest prefix that every
+        path shares, so two indexed lookups find it however many items there are.
+        """
+        with self._lock:
+            low, high = self._db.execute("SELECT MIN(path), MAX(path) FROM items WHERE path LIKE '/%'").fetchone()
+        return None if low is None else os.path.commonpath([os.path.dirname(low), os.path.dirname(high)])
 
     def get(self, ids: Sequence[int]) -> list[Item]:
         """Items in the order of ``ids``; an id without a row means the index files disagree."""

@@ -386,6 +386,10 @@ class Index:
     def items(self, ids: Sequence[int]) -> list[Item]:
         return self._metadata.get(self._check_ids(ids))
 
+    def image_root(self) -> str | None:
+        """The deepest folder holding every indexed image file, to show paths relative to it."""
+        return self._metadata.image_root
+
     def thumbnail(self, item_id: int) -> bytes | None:
         """PNG bytes for an in-memory image; None for an image file (serve the file itself)."""
         return self._metadata.thumbnail(self._check_ids([item_id])[0])

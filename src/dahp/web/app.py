@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import io
+import os
 import time
 from functools import lru_cache
 from importlib.resources import files
@@ -21,16 +22,19 @@ from PIL import Image, UnidentifiedImageError
 
 from ..data import ImageTooLarge, open_image
 from ..errors import DahpError
-from ..index import Hit, Index
+from ..index import Index
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
 THUMBNAIL_PX = 128
 ResultCount = Annotated[int, Query(ge=1, le=1000, description="number of results")]
 
 
-def _hit_json(hit: Hit) -> dict[str, Any]:
-    return {"id": hit.id, "distance": hit.distance, "path": hit.path, "label": hit.label,
-            "thumbnail": f"/items/{hit.id}/thumbnail"}
+def shown_path(path: str, root: str | None) -> str:
+    """``path`` relative to the indexed images' common folder: clients learn what the
+    index holds, not where the server keeps it."""
+    if root is None or not os.path.isabs(path):
+        return path
+    return os.path.relpath(path, root)
 
 
 def _check_image(data: bytes) -> None:
@@ -44,12 +48,16 @@ def _check_image(data: bytes) -> None:
         raise HTTPException(415, "the upload is not a readable image (JPEG, PNG, GIF, BMP, WebP, TIFF …)") from None
 
 
-def create_app(index: Index, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> FastAPI:
-    """The web app over an opened index."""
+def create_app(index: Index, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, full_paths: bool = False) -> FastAPI:
+    """The web app over an opened index; ``full_paths`` shows each item's absolute path on the server."""
     app = FastAPI(title="dahp search", docs_url="/api")
     info = index.info()
     summary = f"{info['count']} images, {info['bits']}-bit codes"
     page = (files("dahp.web") / "page.html").read_text().replace("__INFO__", html.escape(summary))
+
+    def item_json(item_id: int, path: str, label: str, **extra: Any) -> dict[str, Any]:
+        return {"id": item_id, **extra, "path": path if full_paths else shown_path(path, index.image_root()),
+                "label": label, "thumbnail": f"/items/{item_id}/thumbnail"}
 
     def search_response(images: list[Any], k: int, label: str) -> dict[str, Any]:
         started = time.perf_counter()
@@ -59,7 +67,7 @@ def create_app(index: Index, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -
             raise HTTPException(413, str(exc)) from None
         except DahpError as exc:
             raise HTTPException(415, str(exc)) from None
-        return {"query": label, "hits": [_hit_json(hit) for hit in hits],
+        return {"query": label, "hits": [item_json(hit.id, hit.path, hit.label, distance=hit.distance) for hit in hits],
                 "milliseconds": (time.perf_counter() - started) * 1000}
 
     def item_or_404(item_id: int):
@@ -95,8 +103,7 @@ def create_app(index: Index, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -
     @app.get("/items/{item_id}")
     def get_item(item_id: int) -> dict[str, Any]:
         item = item_or_404(item_id)
-        return {"id": item.id, "path": item.path, "label": item.label, "added": item.added,
-                "thumbnail": f"/items/{item.id}/thumbnail"}
+        return item_json(item.id, item.path, item.label, added=item.added)
 
     @lru_cache(maxsize=4096)
     def thumbnail_png(item_id: int) -> bytes:
