@@ -1,7 +1,9 @@
 import io
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
@@ -509,3 +511,24 @@ def test_cli_build_add_info_search(cli, model_path, other_model_path, folder, tm
     with pytest.raises(DahpError, match="is not the model index"):
         cli(["index", "add", index, folder / "folder", "--model", other_model_path, "--quiet"])
     assert Index.load(index).count == 48
+
+
+def test_a_killed_builds_staging_folder_is_removed_by_the_next_build(model_path, folder, tmp_path):
+    """A kill (SIGKILL: no cleanup runs) leaves .NAME.build-HOST-PID-*; the next build deletes it
+    once that process is gone, and leaves a live build's folder and other hosts' folders alone."""
+    host = store_module._HOST
+    dead = _finished_pid()
+    abandoned = tmp_path / f".index.build-{host}-{dead}-x1"
+    running = tmp_path / f".index.build-{host}-{os.getpid()}-x2"
+    elsewhere = tmp_path / f".index.build-otherhost-{dead}-x3"
+    for staging in (abandoned, running, elsewhere):
+        (staging / "model.dahp").parent.mkdir()
+        (staging / "model.dahp").write_bytes(b"half a model")
+    Index.build(model_path, str(folder / "folder"), tmp_path / "index", device="cpu", progress=False)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["index", running.name, elsewhere.name])
+
+
+def _finished_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid

@@ -10,10 +10,11 @@ Layout of ``INDEX/``::
 
 A kill at any moment leaves the old or the new index readable:
 
-* ``build`` writes a complete index into a hidden sibling ``.NAME.build-XXXX`` and renames it
+* ``build`` writes a complete index into a hidden sibling ``.NAME.build-HOST-PID-XXXX`` and renames it
   into place. Replacing an index takes two renames, ``INDEX -> .NAME.previous`` then
   ``staging -> INDEX``, and then deletes ``.NAME.previous``. Crash windows: (1) before the
-  first rename, ``INDEX`` is untouched and a ``.NAME.build-*`` directory is left to delete;
+  first rename, ``INDEX`` is untouched and a ``.NAME.build-HOST-PID-*`` directory is left, which
+  the next build on that host deletes once process PID is gone;
   (2) between the renames ``INDEX`` is missing, and ``Index.load`` renames ``.NAME.previous``
   back (the old index); (3) after the second rename ``INDEX`` is the new index and the next
   build deletes the leftover ``.NAME.previous``.
@@ -29,9 +30,11 @@ process, searches may run in parallel threads, but not alongside an ``add`` on t
 from __future__ import annotations
 
 import fcntl
+import glob
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import uuid
@@ -182,6 +185,37 @@ def _swap_into_place(staging: Path, target: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
+_HOST = socket.gethostname().replace("-", "_")
+
+
+def _staging_prefix(target: Path) -> str:
+    return f".{target.name}.build-"
+
+
+def _remove_abandoned_builds(target: Path) -> None:
+    """Delete the staging folders of killed builds of ``target`` (crash window 1).
+
+    A staging folder is named after the host and process that writes it; it is abandoned
+    when that process no longer runs on this host. Folders of other hosts (a shared disk)
+    are left alone, since their processes cannot be checked from here.
+    """
+    for staging in target.parent.glob(f"{glob.escape(_staging_prefix(target))}*"):
+        host, _, rest = staging.name.removeprefix(_staging_prefix(target)).partition("-")
+        pid = rest.partition("-")[0]
+        if host == _HOST and pid.isdigit() and not _process_exists(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _recover_interrupted_swap(target: Path) -> None:
     """Crash window (2): the old index sits in ``.NAME.previous`` and ``target`` is gone; put it back."""
     backup = _backup_path(target)
@@ -234,7 +268,8 @@ class Index:
         except OSError as exc:
             raise DahpError(f"{model_path}: cannot read the model file ({exc.strerror})") from None
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.build-", dir=target.parent))
+        _remove_abandoned_builds(target)
+        staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(target)}{_HOST}-{os.getpid()}-", dir=target.parent))
         honour_umask(staging, directory=True)
         try:
             atomic_write_bytes(staging / MODEL_FILE, model_bytes)
