@@ -18,16 +18,15 @@ speed does not depend on either.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
+from timing import add_clock_options, apply_clock_options
 from torch import nn
 
 from dahp.models import HashingNetwork, ModelConfig
 from dahp.models.inference import inference_copy
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 DEFAULT_SIZES = {"resnet18": (32, 224), "efficientnet_lite0": (96, 128, 224)}
 OUTPUT_STRIDES = {"resnet18": 8, "alexnet": 32}  # the budgets'; EfficientNets: 32
 WAYS = ("original", "folded NCHW", "folded channels-last")
@@ -79,10 +78,7 @@ def parse_args() -> argparse.Namespace:
                         help="input sizes for every backbone (default: resnet18 32 224, efficientnet_lite0 96 128 224)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (the best one counts)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="wall: elapsed time; cpu: this process's CPU time (steadier on a shared CPU, "
-                        "with --threads 1)")
+    add_clock_options(parser)
     parser.add_argument("--no-attention", action="store_true", help="time the network without dual attention")
     parser.add_argument("--backbone-only", action="store_true", help="time the backbone alone, not the network")
     return parser.parse_args()
@@ -90,8 +86,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    clock = apply_clock_options(args)
     part = "backbone" if args.backbone_only else "network " + ("without" if args.no_attention else "with") + " attention"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, {part}, "
           f"best of {args.rounds} alternating rounds ({args.clock} clock); images/s")
@@ -101,7 +96,7 @@ def main() -> None:
         models = variants(build(backbone, attention=not args.no_attention), args.backbone_only)
         for size in args.sizes or DEFAULT_SIZES.get(backbone, (96, 224)):
             images = torch.randn(args.batch_size, 3, size, size, generator=torch.Generator().manual_seed(size))
-            rates = best_rates(models, images, args.rounds, CLOCKS[args.clock])
+            rates = best_rates(models, images, args.rounds, clock)
             base = rates["original"]
             print(f"{backbone:<20}{size:>5}" + "".join(f"{rates[way]:>22.1f}" for way in WAYS)
                   + f"{rates['folded NCHW'] / base:>8.2f}x{rates['folded channels-last'] / base:>8.2f}x")

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from timing import CLOCKS, add_clock_options, apply_clock_options
 from torch import nn
 
 from dahp.codes import pack_codes
@@ -41,7 +42,6 @@ from dahp.losses import DAHPLoss, LossInputs, anchor_targets
 from dahp.models import HashingNetwork, ModelConfig
 
 TRAIN_TARGET, ENCODE_TARGET = 0.8, 0.9
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 @dataclass(frozen=True)
@@ -158,17 +158,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bits", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5, help="alternating rounds per mode (best one counts)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="wall: elapsed time; cpu: this process's CPU time (steadier on a shared CPU, "
-                        "with --threads 1)")
+    add_clock_options(parser)
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_clock_options(args)
     settings = BUDGET_SETTINGS if args.image_size is None else (
         Setting(args.image_size, args.small_stem, args.output_stride),)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.bits} bits")
