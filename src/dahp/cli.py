@@ -39,8 +39,6 @@ def _bits(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--bits ")) from None
 
 
-
-
 # --- commands -------------------------------------------------------------------
 
 
@@ -447,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("methods", cmd_methods, "list the hashing methods (DAHP, its ablations, the baselines)")
 
-    train = command("train", cmd_train, "train a hashing model (DAHP, or any method of dahp methods with --method); checkpoints every epoch into --out")
+    train = command("train", cmd_train, "train a hashing model (DAHP, or any method of dahp methods with --method); "
+                                         "checkpoints every epoch into --out")
     train.add_argument("--data", required=True, help=SOURCE_HELP)
     train.add_argument("--out", required=True, type=Path, help="run directory (checkpoint.dahp, model.dahp)")
     train.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.dahp")
