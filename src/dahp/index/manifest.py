@@ -73,7 +73,7 @@ def _shape_problem(manifest: dict[str, Any]) -> str | None:
         if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
             return f'"{key}" is {json.dumps(manifest[key])}, expected {_KIND_NAMES[kind]}'
     if manifest["count"] < 0 or manifest["bits"] < 1:
-        return f'"count" {manifest["count"]} and "bits" {manifest["bits"]} must be positive'
+        return f'"count" is {manifest["count"]} and "bits" {manifest["bits"]}, expected count >= 0 and bits >= 1'
     roles = [role for role in _FILE_ROLES if role not in manifest["files"]]
     if roles:
         return f'"files" lacks {roles}'
