@@ -506,8 +506,9 @@ def test_cli_build_add_info_search(cli, model_path, other_model_path, folder, tm
         cli(["search", index, files[0], "--top", "0"])
     with pytest.raises(DahpError, match="cannot read image .*labels.csv"):
         cli(["search", index, folder / "labels.csv"])
-    with pytest.raises(DahpError, match="batch_size must be an integer >= 1, got 0"):
+    with pytest.raises(SystemExit):  # parsed like every other command's --batch-size
         cli(["index", "add", index, folder / "folder", "--batch-size", "0", "--quiet"])
+    assert "argument --batch-size: expected a positive integer, got 0" in capsys.readouterr().err
     with pytest.raises(DahpError, match="is not the model index"):
         cli(["index", "add", index, folder / "folder", "--model", other_model_path, "--quiet"])
     assert Index.load(index).count == 48
