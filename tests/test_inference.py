@@ -185,3 +185,34 @@ def test_only_batch_norms_reading_only_a_conv_are_folded(module, remaining):
 def test_anything_but_a_module_is_a_clear_error():
     with pytest.raises(DahpError, match="inference_copy needs a torch.nn.Module, got dict"):
         inference_copy({"conv.weight": torch.zeros(1)})
+
+
+def test_copies_made_while_another_thread_runs_a_model_do_not_break_it():
+    """torch.fx patches Module.__call__ process-wide while tracing: a server making a copy of a
+    new model while it answers with the old one must not send the old one's passes into the tracer."""
+    import threading
+
+    from dahp.models.inference import running_model
+
+    model = inference_copy(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()))
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def keep_running() -> None:
+        try:
+            while not stop.is_set():
+                with running_model():
+                    model(torch.zeros(1, 3, 8, 8))
+        except BaseException as exc:  # noqa: BLE001 -- reported by the assertion below
+            errors.append(exc)
+
+    runner = threading.Thread(target=keep_running)
+    runner.start()
+    try:
+        deep = nn.Sequential(*[nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)) for _ in range(64)])
+        for _ in range(10):
+            inference_copy(deep)
+    finally:
+        stop.set()
+        runner.join()
+    assert errors == []

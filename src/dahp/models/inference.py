@@ -40,7 +40,10 @@ dict no longer loads into the original architecture -- save the original, never 
 from __future__ import annotations
 
 import copy
+import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from torch import fx, nn
@@ -56,6 +59,57 @@ class _ConvBatchNormTracer(fx.Tracer):
         return isinstance(module, (nn.Conv2d, nn.BatchNorm2d)) or super().is_leaf_module(module, qualified_name)
 
 
+class _TraceGuard:
+    """Keeps torch.fx tracing and forward passes on other threads apart.
+
+    Why: while it traces, torch.fx patches ``torch.nn.Module.__call__`` for the whole process,
+    so a model running on another thread at that moment is routed into the tracer and fails
+    (``NameError: module is not installed as a submodule``). A server that loads a new model
+    while it answers queries with the old one does exactly that. A trace takes the guard alone
+    and waits for running passes to end; passes share it and wait while a trace runs or waits.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._running = 0
+        self._tracing = False
+        self._waiting_traces = 0
+
+    @contextmanager
+    def tracing(self) -> Iterator[None]:
+        with self._changed:
+            self._waiting_traces += 1
+            self._changed.wait_for(lambda: not self._tracing and not self._running)
+            self._waiting_traces -= 1
+            self._tracing = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._tracing = False
+                self._changed.notify_all()
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._tracing and not self._waiting_traces)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
+
+
+_GUARD = _TraceGuard()
+
+
+def running_model() -> AbstractContextManager[None]:
+    """Hold around a forward pass that may run while another thread makes an :func:`inference_copy`."""
+    return _GUARD.running()
+
+
 def inference_copy(model: nn.Module, channels_last: bool = True) -> nn.Module:
     """An eval-mode deep copy of ``model`` with every Conv2d -> BatchNorm2d pair folded, for inference only.
 
@@ -67,7 +121,8 @@ def inference_copy(model: nn.Module, channels_last: bool = True) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise DahpError(f"inference_copy needs a torch.nn.Module, got {type(model).__name__}")
     folded = copy.deepcopy(model).eval()
-    _fold_batch_norms(folded, _shared_modules(folded))
+    with _GUARD.tracing():
+        _fold_batch_norms(folded, _shared_modules(folded))
     folded.requires_grad_(False)
     if channels_last:
         folded.to(memory_format=torch.channels_last)
