@@ -1,10 +1,15 @@
+import fcntl
 import io
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from datetime import datetime
 
 import numpy as np
@@ -18,9 +23,12 @@ from dahp.errors import DahpError
 from dahp.hasher import DeepHasher
 from dahp.index import FaissEngine, Index, hash_layout, padded_width
 from dahp.index import engine as engine_module
+from dahp.index import ingest as ingest_module
 from dahp.index import store as store_module
+from dahp.index.ingest import IngestOptions, encode_shard, work_folder
 from dahp.index.manifest import MANIFEST_FILE, sha256_file
 from dahp.index.metadata import Metadata
+from dahp.index.sharding import Shard
 from dahp.models import ModelConfig
 from dahp.training import TrainConfig
 
@@ -435,7 +443,8 @@ def test_crash_during_build_leaves_the_old_index(index_copy, model_path, digits_
     with pytest.raises(Crash):
         Index.build(model_path, str(folder / "folder"), target, device="cpu", progress=False)
     monkeypatch.undo()
-    assert sorted(path.name for path in target.parent.iterdir()) == ["index"]  # staging removed
+    # staging removed; the encoded chunks stay for the rerun
+    assert sorted(path.name for path in target.parent.iterdir()) == [".index.ingest", "index"]
     assert Index.load(target).search(digits_codes[:20], k=15) == before
 
     renames = []
@@ -533,3 +542,186 @@ def _finished_pid() -> int:
     child = subprocess.Popen(["true"])
     child.wait()
     return child.pid
+
+
+# --- resumable and sharded ingest --------------------------------------------------------------
+
+SMALL = {"chunk_size": 5, "batch_size": 2}  # the 24 folder images: chunks of 5, 5, 5, 5, 4, each in batches of 2
+_WRITE_CHUNK = ingest_module.Ingest._write
+
+
+def _contents(path):
+    """What an index answers with: its engine file and codes, and its rows less their dates."""
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    with closing(sqlite3.connect(path / manifest["files"]["metadata"]["name"])) as db:
+        rows = db.execute("SELECT id, path, label, thumbnail FROM items ORDER BY id").fetchall()
+    index = Index.load(path)  # held while its codes are read: they live in the engine's faiss storage
+    return manifest["files"]["engine"]["sha256"], index._engine._codes.tobytes(), rows
+
+
+def _leftovers(index):
+    """The hidden folders a build or add of ``index`` keeps beside it: staging, work, backup."""
+    return sorted(path.name for path in index.parent.iterdir() if path.name.startswith(f".{index.name}."))
+
+
+def _commits(monkeypatch, crash_after=None):
+    """The chunks committed from now on; with ``crash_after``, a failure as a kill would leave it before the next."""
+    written = []
+
+    def write(self, chunk, codes):
+        if len(written) == crash_after:
+            raise Crash(f"killed after {crash_after} chunks")
+        written.append(chunk)
+        _WRITE_CHUNK(self, chunk, codes)
+
+    monkeypatch.setattr(ingest_module.Ingest, "_write", write)
+    return written
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("source", ["folder", "digits"])
+def test_a_build_stopped_after_two_chunks_resumes_to_the_same_index(source, model_path, folder, tmp_path, monkeypatch,
+                                                                    capsys):
+    spec, options = (str(folder / "folder"), SMALL) if source == "folder" else ("digits", {"chunk_size": 400})
+    reference = Index.build(model_path, spec, tmp_path / "reference", device="cpu", progress=False, **options)
+    target = tmp_path / "index"
+    _commits(monkeypatch, crash_after=2)
+    with pytest.raises(Crash):
+        Index.build(model_path, spec, target, device="cpu", progress=False, **options)
+    assert not target.exists() and _leftovers(target) == [".index.ingest"]  # nothing staged while encoding
+    written = _commits(monkeypatch)
+    Index.build(model_path, spec, target, device="cpu", progress=False, **options)
+    assert written == [2, 3, 4] and "resuming: 2 of 5 chunks" in capsys.readouterr().err
+    assert _contents(target) == _contents(reference.path) and _leftovers(target) == []
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_build_killed_with_sigkill_resumes_to_the_same_index(cli, model_path, tmp_path, capsys):
+    target, work = tmp_path / "index", work_folder(tmp_path / "index")
+    options = ["--chunk-size", "16", "--batch-size", "1", "--device", "cpu", "--quiet"]  # 113 chunks
+    build = [sys.executable, "-m", "dahp.cli", "index", "build", model_path, "digits", "-o", target, *options]
+    process = subprocess.Popen(list(map(str, build)), env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while len(list(work.glob("chunk-*.dahp"))) < 3:
+        assert process.poll() is None, f"the build ended before it was killed: {process.stderr.read()}"
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    committed = len(list(work.glob("chunk-*.dahp")))
+    assert not target.exists() and 3 <= committed < 113
+    cli(["index", "build", model_path, "digits", "-o", target, *options])
+    assert f"resuming: {committed} of 113 chunks" in capsys.readouterr().err
+    reference = Index.build(model_path, "digits", tmp_path / "reference", device="cpu", progress=False,
+                            chunk_size=16, batch_size=1)
+    assert _contents(target) == _contents(reference.path) and _leftovers(target) == []
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_chunks_of_another_model_source_or_chunk_size_are_discarded(model_path, other_model_path, folder, tmp_path,
+                                                                   monkeypatch, capsys):
+    target, images = tmp_path / "index", str(folder / "folder")
+    for rerun, changed in [({"model_path": other_model_path}, "model weights "),
+                           ({"images_spec": str(folder / "labels.csv")}, "images listed "),
+                           ({"chunk_size": 6}, "chunk size 5 (now 6)")]:
+        _commits(monkeypatch, crash_after=3)
+        with pytest.raises(Crash):
+            Index.build(model_path, images, target, device="cpu", progress=False, **SMALL)
+        written = _commits(monkeypatch)
+        arguments = {"model_path": model_path, "images_spec": images, "out_dir": target, **SMALL, **rerun}
+        Index.build(device="cpu", progress=False, **arguments)
+        assert written == list(range(5 if "chunk_size" not in rerun else 4))
+        assert f"discarding 3 chunk(s) in {work_folder(target)} encoded by an earlier run for another build: " \
+               f"{changed}" in capsys.readouterr().err
+        reference = Index.build(device="cpu", progress=False, **{**arguments, "out_dir": tmp_path / "reference"})
+        assert _contents(target) == _contents(reference.path) and _leftovers(target) == []
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_damaged_chunk_is_found_and_encoded_again(model_path, folder, tmp_path, monkeypatch, capsys):
+    images, target, work = str(folder / "folder"), tmp_path / "index", work_folder(tmp_path / "index")
+    reference = Index.build(model_path, images, tmp_path / "reference", device="cpu", progress=False, **SMALL)
+    _commits(monkeypatch, crash_after=4)
+    with pytest.raises(Crash):
+        Index.build(model_path, images, target, device="cpu", progress=False, **SMALL)
+    damaged = bytearray((work / "chunk-000001.dahp").read_bytes())
+    damaged[-10] ^= 1  # one flipped bit
+    (work / "chunk-000001.dahp").write_bytes(bytes(damaged))
+    shutil.copy(work / "chunk-000003.dahp", work / "chunk-000002.dahp")  # a chunk under another's name
+    (work / ".chunk-000004.dahp.x1.tmp").write_bytes(b"half a chunk")  # a write that was cut short
+    written = _commits(monkeypatch)
+    Index.build(model_path, images, target, device="cpu", progress=False, **SMALL)
+    err = capsys.readouterr().err
+    assert written == [1, 2, 4] and "resuming: 2 of 5 chunks" in err
+    assert f"discarding chunk 1: {work / 'chunk-000001.dahp'} is corrupt: its checksum does not match; " \
+           "encoding it again" in err
+    assert f"discarding chunk 2: {work / 'chunk-000002.dahp'} holds (chunk, first image, count) (3, 15, 5), " \
+           "expected (2, 10, 5); encoding it again" in err
+    assert _contents(target) == _contents(reference.path) and _leftovers(target) == []
+
+
+def test_a_second_writer_of_the_same_work_folder_is_refused(model_path, folder, tmp_path):
+    target = tmp_path / "index"
+    work_folder(target).mkdir()
+    with open(work_folder(target) / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(DahpError, match=r"\.index\.ingest is in use by another `dahp index build` or `add`"):
+            Index.build(model_path, str(folder / "folder"), target, device="cpu", progress=False)
+    assert not target.exists()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_an_add_stopped_after_three_chunks_resumes_to_the_same_index(index_copy, folder, tmp_path, monkeypatch,
+                                                                    capsys):
+    reference = tmp_path / "reference"
+    shutil.copytree(index_copy.path, reference)
+    Index.load(reference, device="cpu").add(str(folder / "folder"), progress=False, **SMALL)
+    _commits(monkeypatch, crash_after=3)
+    with pytest.raises(Crash):
+        index_copy.add(str(folder / "folder"), progress=False, **SMALL)
+    assert index_copy.count == DIGITS and _leftovers(index_copy.path) == [".index.ingest"]
+    written = _commits(monkeypatch)
+    assert index_copy.add(str(folder / "folder"), progress=False, **SMALL) == 24
+    assert written == [3, 4] and "resuming: 3 of 5 chunks" in capsys.readouterr().err
+    assert _contents(index_copy.path) == _contents(reference) and _leftovers(index_copy.path) == []
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_shard_zero_waits_for_the_other_shards_chunks_and_builds_the_same_index(cli, model_path, folder, tmp_path,
+                                                                                 monkeypatch, capsys):
+    images, target = str(folder / "folder"), tmp_path / "index"
+    reference = Index.build(model_path, images, tmp_path / "reference", device="cpu", progress=False, **SMALL)
+    monkeypatch.setattr(ingest_module, "POLL_SECONDS", 0.01)
+    written = _commits(monkeypatch)
+    with ThreadPoolExecutor(1) as pool:
+        shard_zero = pool.submit(Index.build, model_path, images, target, device="cpu", progress=False, shards=2,
+                                 **SMALL)
+        assert encode_shard(model_path, images, target, Shard(1, 2), IngestOptions(**SMALL), device="cpu") == 10
+        shard_zero.result()
+    assert sorted(written) == [0, 1, 2, 3, 4] and "waiting for 2 chunk(s) of the other 1 shard(s)" in \
+        capsys.readouterr().err
+    assert _contents(target) == _contents(reference.path) and _leftovers(target) == []
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert Shard.from_environment() == Shard(1, 3) and Shard.parse("2/4") == Shard(2, 4)
+    with pytest.raises(SystemExit):
+        cli(["index", "build", model_path, images, "-o", target, "--shard", "2/2"])
+    assert "argument --shard: shard 2/2: expected RANK/WORLD with 0 <= RANK < WORLD" in capsys.readouterr().err
+    with pytest.raises(DahpError, match="shard 0 writes the index"):
+        encode_shard(model_path, images, target, Shard(0, 2), IngestOptions())
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_two_ranks_under_torchrun_build_the_single_process_index(model_path, folder, tmp_path):
+    target, images = tmp_path / "index", str(folder / "folder")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "dahp.cli", "index", "build", model_path, images, "-o", target, "--chunk-size", "5", "--batch-size",
+               "2", "--device", "cpu"]
+    process = subprocess.Popen(list(map(str, command)), env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    reference = Index.build(model_path, images, tmp_path / "reference", device="cpu", progress=False, **SMALL)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert output.count("indexed 24 images") == 1 and "shard 1/2: encoded 10 images" in output
+    assert _contents(target) == _contents(reference.path) and _leftovers(target) == []

@@ -4,6 +4,9 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ fastapi = pytest.importorskip("fastapi", reason="the web extra (fastapi) is not 
 from fastapi.testclient import TestClient  # noqa: E402
 
 from dahp.data import default_preprocess, load_digits  # noqa: E402
+from dahp.errors import DahpError  # noqa: E402
 from dahp.hasher import MODEL_FILE, DeepHasher  # noqa: E402
 from dahp.index import Index  # noqa: E402
 from dahp.models import ModelConfig  # noqa: E402
@@ -32,9 +36,25 @@ def index(tmp_path_factory):
     return Index.build(root / "run" / MODEL_FILE, "digits", root / "index", progress=False)
 
 
+def _wait_for(condition: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@contextmanager
+def _serving(app) -> Iterator[TestClient]:
+    """A client of ``app`` with its lifespan running (the batcher and the model loader), once it is ready."""
+    with TestClient(app) as client:
+        _wait_for(lambda: client.get("/ready").status_code == 200)
+        yield client
+
+
 @pytest.fixture(scope="module")
 def client(index):
-    return TestClient(create_app(index, max_upload_bytes=50_000))
+    with _serving(create_app(index, max_upload_bytes=50_000)) as client:
+        yield client
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -50,7 +70,9 @@ def test_upload_search_returns_the_same_hits_as_the_python_api(client, index):
     hits = response.json()["hits"]
     expected = index.search_images([io.BytesIO(data)], k=7)[0]
     assert [(h["id"], h["distance"]) for h in hits] == [(h.id, h.distance) for h in expected]
-    assert hits[0]["thumbnail"] == f"/items/{hits[0]['id']}/thumbnail"
+    served = response.json()["index"]
+    assert served == {"id": index.info()["index_id"], "generation": 1}
+    assert hits[0]["thumbnail"] == f"/items/{hits[0]['id']}/thumbnail?index={served['id']}"
 
 
 def test_items_thumbnails_and_search_by_item(client):
@@ -89,15 +111,15 @@ def _free_port() -> int:
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (CI installs it)")
 def test_page_end_to_end_in_headless_chromium(index, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    import httpx
     import uvicorn
 
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(index), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_for(lambda: server.started)
+    _wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200)
     query = tmp_path / "query.png"
     query.write_bytes(_png(load_digits().images[7]))
     try:
@@ -138,17 +160,17 @@ def test_images_over_the_pixel_limit_get_413_before_decoding(index, tmp_path, mo
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(digits.images[number]).save(folder / f"{number}.png")
     folder_index = Index.build(index.path / MODEL_FILE, str(tmp_path / "photos"), tmp_path / "index", progress=False)
-    client = TestClient(create_app(folder_index))
-    monkeypatch.setenv("DAHP_MAX_IMAGE_PIXELS", "100")  # digits are 8 x 8 = 64 pixels
-    assert client.post("/search", files={"image": ("ok.png", _png(digits.images[0]), "image/png")}).status_code == 200
-    huge = client.post("/search", files={"image": ("huge.png", _png(np.zeros((20, 20, 3), np.uint8)), "image/png")})
-    assert huge.status_code == 413 and "20 x 20 = 400 pixels, over the limit of 100" in huge.json()["detail"]
-    # a file that became too large after indexing: its thumbnail is a clear 4xx, not a 500
-    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "photos" / client.get("/items/0").json()["path"])
-    thumbnail = client.get("/items/0/thumbnail")
-    assert thumbnail.status_code == 413 and "DAHP_MAX_IMAGE_PIXELS" in thumbnail.json()["detail"]
-    assert client.post("/search/items/0").status_code == 413
-    assert client.get("/items/1/thumbnail").status_code == 200
+    with _serving(create_app(folder_index)) as client:
+        monkeypatch.setenv("DAHP_MAX_IMAGE_PIXELS", "100")  # digits are 8 x 8 = 64 pixels
+        assert client.post("/search", files={"image": ("ok.png", _png(digits.images[0]), "image/png")}).status_code == 200
+        huge = client.post("/search", files={"image": ("huge.png", _png(np.zeros((20, 20, 3), np.uint8)), "image/png")})
+        assert huge.status_code == 413 and "20 x 20 = 400 pixels, over the limit of 100" in huge.json()["detail"]
+        # a file that became too large after indexing: its thumbnail is a clear 4xx, not a 500
+        Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "photos" / client.get("/items/0").json()["path"])
+        thumbnail = client.get("/items/0/thumbnail")
+        assert thumbnail.status_code == 413 and "DAHP_MAX_IMAGE_PIXELS" in thumbnail.json()["detail"]
+        assert client.post("/search/items/0").status_code == 413
+        assert client.get("/items/1/thumbnail").status_code == 200
 
 
 def test_paths_are_shown_relative_to_the_indexed_folder_unless_asked(index, tmp_path):
@@ -160,10 +182,168 @@ def test_paths_are_shown_relative_to_the_indexed_folder_unless_asked(index, tmp_
     folder_index = Index.build(index.path / MODEL_FILE, str(tmp_path / "server" / "photos"), tmp_path / "index",
                                progress=False)
     query = {"image": ("q.png", _png(digits.images[0]), "image/png")}
-    relative = TestClient(create_app(folder_index))
-    paths = {relative.get(f"/items/{i}").json()["path"] for i in range(4)}
-    assert paths == {"digit0/0.png", "digit1/1.png", "digit0/2.png", "digit1/3.png"}
-    assert {hit["path"] for hit in relative.post("/search?k=4", files=query).json()["hits"]} == paths
-    full = TestClient(create_app(folder_index, full_paths=True))
-    assert full.get("/items/0").json()["path"] == str(tmp_path / "server" / "photos" / "digit0" / "0.png")
-    assert str(tmp_path) not in relative.post("/search?k=4", files=query).text
+    with _serving(create_app(folder_index)) as relative:
+        paths = {relative.get(f"/items/{i}").json()["path"] for i in range(4)}
+        assert paths == {"digit0/0.png", "digit1/1.png", "digit0/2.png", "digit1/3.png"}
+        assert {hit["path"] for hit in relative.post("/search?k=4", files=query).json()["hits"]} == paths
+        assert str(tmp_path) not in relative.post("/search?k=4", files=query).text
+    with _serving(create_app(folder_index, full_paths=True)) as full:
+        assert full.get("/items/0").json()["path"] == str(tmp_path / "server" / "photos" / "digit0" / "0.png")
+
+
+def _post_image(client: TestClient, image: np.ndarray, k: int = 20):
+    return client.post(f"/search?k={k}", files={"image": ("q.png", _png(image), "image/png")})
+
+
+@contextmanager
+def _gated_encoder(monkeypatch, gate: threading.Event) -> Iterator[list[int]]:
+    """Every forward pass waits for ``gate`` (so requests pile up behind it) and records its batch size."""
+    sizes: list[int] = []
+    encode = DeepHasher.encode_pixels
+
+    def gated(self, pixels: np.ndarray) -> np.ndarray:
+        gate.wait(timeout=30)
+        sizes.append(len(pixels))
+        return encode(self, pixels)
+
+    monkeypatch.setattr(DeepHasher, "encode_pixels", gated)
+    yield sizes
+
+
+def test_concurrent_searches_share_one_forward_pass_and_each_gets_its_own_answer(index, monkeypatch):
+    digits, gate = load_digits(), threading.Event()
+    queries = [(number, 3 + number % 5) for number in range(12)]  # different images and k in one batch
+    gate.set()
+    with _gated_encoder(monkeypatch, gate) as sizes, \
+            _serving(create_app(index, max_batch=8, max_wait_ms=2000)) as client:
+        sizes.clear()  # the warm-up pass
+        gate.clear()
+        with ThreadPoolExecutor(len(queries)) as pool:
+            responses = pool.map(lambda query: _post_image(client, digits.images[query[0]], query[1]), queries)
+            _wait_for(lambda: client.get("/health").json()["queue"]["depth"] == len(queries))
+            gate.set()
+            responses = list(responses)
+        health = client.get("/health").json()
+    assert sum(sizes) == len(queries) and max(sizes) == 8 and len(sizes) <= 3, sizes
+    assert health["batching"] | {"max_wait_ms": None} == {"max_batch": 8, "max_wait_ms": None, "batches": len(sizes),
+                                                         "queries": len(queries), "largest": 8}
+    assert health["queue"]["depth"] == 0
+    for (number, k), response in zip(queries, responses):
+        assert response.status_code == 200
+        expected = index.search_images([io.BytesIO(_png(digits.images[number]))], k=k)[0]
+        assert [(hit["id"], hit["distance"]) for hit in response.json()["hits"]] == [(h.id, h.distance)
+                                                                                   for h in expected]
+
+
+def test_a_full_queue_answers_503_with_retry_after_at_once(index, monkeypatch):
+    digits, gate = load_digits(), threading.Event()
+    gate.set()
+    with _gated_encoder(monkeypatch, gate), _serving(create_app(index, max_batch=1, max_queue=2)) as client:
+        gate.clear()
+        with ThreadPoolExecutor(2) as pool:
+            waiting = [pool.submit(_post_image, client, digits.images[number]) for number in range(2)]
+            _wait_for(lambda: client.get("/health").json()["queue"]["depth"] == 2)
+            started = time.monotonic()
+            refused = _post_image(client, digits.images[2])
+            assert time.monotonic() - started < 5  # refused at once, not after the queue drains
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert "the server is busy" in refused.json()["detail"]
+            assert client.post("/search/items/3").status_code == 503
+            assert client.get("/health").status_code == 200  # liveness does not queue
+            gate.set()
+            assert [future.result().status_code for future in waiting] == [200, 200]
+        assert _post_image(client, digits.images[2]).status_code == 200
+        assert client.get("/health").json()["queue"] == {"depth": 0, "limit": 2}
+
+
+def test_health_and_ready_while_the_model_loads(index, monkeypatch):
+    gate, load = threading.Event(), DeepHasher.load.__func__
+
+    def slow_load(cls, *args, **kwargs):
+        gate.wait(timeout=30)
+        return load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(DeepHasher, "load", classmethod(slow_load))
+    with TestClient(create_app(index)) as client:
+        not_ready = client.get("/ready")
+        assert not_ready.status_code == 503 and not_ready.headers["retry-after"] == "1"
+        health = client.get("/health")
+        info = index.info()
+        assert health.status_code == 200 and health.json()["ready"] is False
+        assert health.json()["index"] == {"id": info["index_id"], "generation": 1, "count": info["count"],
+                                          "bits": 16}
+        assert health.json()["queue"]["depth"] == 0
+        assert _post_image(client, load_digits().images[0]).status_code == 503
+        gate.set()
+        _wait_for(lambda: client.get("/ready").status_code == 200)
+        assert client.get("/ready").json() == {"ready": True, "index": health.json()["index"]}
+        assert client.get("/health").json()["ready"] is True
+        assert _post_image(client, load_digits().images[0]).status_code == 200
+        assert client.get("/api").status_code == 200  # the OpenAPI page
+        assert {"/health", "/ready", "/search"} <= set(client.get("/openapi.json").json()["paths"])
+
+
+def test_a_broken_model_leaves_the_server_live_but_not_ready(index, monkeypatch):
+    def broken(cls, *args, **kwargs):
+        raise DahpError("model.dahp is damaged")
+
+    monkeypatch.setattr(DeepHasher, "load", classmethod(broken))
+    with TestClient(create_app(index)) as client:
+        _wait_for(lambda: "damaged" in client.get("/ready").text)
+        assert client.get("/ready").status_code == 503 and client.get("/health").status_code == 200
+
+
+def _digit_folder(root: Path, numbers: range) -> str:
+    digits = load_digits()
+    for number in numbers:
+        folder = root / f"digit{digits.labels[number].argmax()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(digits.images[number]).save(folder / f"{number}.png")
+    return str(root)
+
+
+def test_the_server_switches_to_a_generation_that_index_add_commits(index, tmp_path):
+    model = index.path / MODEL_FILE
+    served = Index.build(model, _digit_folder(tmp_path / "first", range(6)), tmp_path / "index", progress=False)
+    responses, stop = [], threading.Event()
+    with _serving(create_app(served, reload_interval=0.02)) as client:
+        def keep_searching() -> None:
+            while not stop.is_set():
+                responses.append(_post_image(client, load_digits().images[0], k=100).json())
+
+        searcher = threading.Thread(target=keep_searching)
+        searcher.start()
+        try:
+            _wait_for(lambda: len(responses) >= 2)
+            Index.load(tmp_path / "index").add(_digit_folder(tmp_path / "second", range(6, 10)), progress=False)
+            _wait_for(lambda: client.get("/health").json()["index"]["generation"] == 2)
+            _wait_for(lambda: responses[-1]["index"]["generation"] == 2)
+        finally:
+            stop.set()
+            searcher.join()
+        assert client.get("/health").json()["index"]["count"] == 10
+        latest = _post_image(client, load_digits().images[0], k=100).json()
+        assert sorted(hit["id"] for hit in latest["hits"]) == list(range(10))
+        added = client.get(f"/items/9?index={latest['index']['id']}").json()
+        assert added["path"].endswith("9.png") and client.get(added["thumbnail"]).status_code == 200
+    # every response came from one generation: all of its hits and nothing of the other
+    counts = {1: 6, 2: 10}
+    assert {response["index"]["generation"] for response in responses} == {1, 2}
+    for response in responses:
+        assert sorted(hit["id"] for hit in response["hits"]) == list(range(counts[response["index"]["generation"]]))
+
+
+def test_after_a_rebuild_the_server_serves_the_new_index_and_refuses_old_ids(index, tmp_path):
+    model = index.path / MODEL_FILE
+    served = Index.build(model, _digit_folder(tmp_path / "first", range(4)), tmp_path / "index", progress=False)
+    with _serving(create_app(served, reload_interval=0.02)) as client:
+        old = _post_image(client, load_digits().images[0]).json()
+        rebuilt = Index.build(model, _digit_folder(tmp_path / "second", range(10, 13)), tmp_path / "index",
+                              progress=False)
+        _wait_for(lambda: client.get("/health").json()["index"]["id"] == rebuilt.info()["index_id"])
+        for stale in (client.get(old["hits"][0]["thumbnail"]), client.get(f"/items/0?index={old['index']['id']}"),
+                      client.post(f"/search/items/0?index={old['index']['id']}")):
+            assert stale.status_code == 409 and "rebuilt" in stale.json()["detail"]
+        new = _post_image(client, load_digits().images[0]).json()
+        assert new["index"] == {"id": rebuilt.info()["index_id"], "generation": 1} and len(new["hits"]) == 3
+        assert client.get(new["hits"][0]["thumbnail"]).status_code == 200

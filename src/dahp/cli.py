@@ -25,9 +25,11 @@ from .options import (
     DefaultsHelpFormatter,
     add_runtime_options,
     add_source_options,
+    non_negative_float,
     non_negative_int,
     positive_int,
 )
+from .web import settings as serving
 
 
 def _bits(text: str) -> int:
@@ -380,8 +382,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .index import Index
 
     index = Index.load(args.index, device=args.device)
-    app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 2**20), full_paths=args.full_paths)
-    print(f"serving {args.index} ({index.info()['count']} images) on http://{args.host}:{args.port}/  (Ctrl-C stops)")
+    app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 2**20), full_paths=args.full_paths,
+                     max_batch=args.batch_size, max_wait_ms=args.batch_wait_ms, max_queue=args.queue_size,
+                     reload_interval=args.reload_seconds, device=args.device)
+    print(f"serving {args.index} ({index.count} images, generation {index.info()['generation']}) on "
+          f"http://{args.host}:{args.port}/  (Ctrl-C stops; /ready answers 200 once the model is loaded)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
@@ -564,8 +569,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("index", help="index directory (dahp index build)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     serve.add_argument("--port", type=positive_int, default=8000, help="TCP port")
-    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads get HTTP 413")
+    serve.add_argument("--max-upload-mb", type=float, default=serving.MAX_UPLOAD_BYTES / 2**20,
+                       help="larger uploads get HTTP 413")
     serve.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    serve.add_argument("--batch-size", type=positive_int, default=serving.MAX_BATCH,
+                       help="most concurrent queries encoded in one forward pass")
+    serve.add_argument("--batch-wait-ms", type=non_negative_float, default=serving.MAX_WAIT_MS,
+                       help="longest a query waits for others, still being decoded, to join its batch "
+                            "(a lone query never waits)")
+    serve.add_argument("--queue-size", type=positive_int, default=serving.MAX_QUEUE,
+                       help="most search requests in the server at once; more get HTTP 503 with Retry-After")
+    serve.add_argument("--reload-seconds", type=non_negative_float, default=serving.RELOAD_SECONDS,
+                       help="how often to look for a generation committed by `dahp index add` and switch to it "
+                            "(0: never)")
     serve.add_argument("--full-paths", action="store_true",
                        help="show each item's absolute path on this machine (default: relative to the folder "
                             "holding every indexed image)")

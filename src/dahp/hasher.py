@@ -6,7 +6,7 @@ the anchors and the class names, all saved together in one model file.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -17,11 +17,11 @@ from tqdm.auto import tqdm
 from . import __version__, distributed
 from .anchors import AnchorSet, generate_anchors
 from .codes import pack_codes
-from .data import ImageCollection, Preprocess, decode_image, iterate_batches
+from .data import ImageCollection, Preprocess, decode_image, load_batches, split_batches
 from .errors import DahpError
 from .methods import get_method
 from .models import HashingNetwork, ModelConfig, init_backbone
-from .models.inference import inference_copy
+from .models.inference import inference_copy, running_model
 from .serialization import load_file, reading, save_file
 from .training import TrainConfig, Trainer, resolve_device
 
@@ -154,20 +154,32 @@ class DeepHasher:
             self._encoder = inference_copy(self._require_fitted()).to(self.device)
         return self._encoder
 
-    @torch.inference_mode()
     def encode_real(
         self, data: ImageCollection, batch_size: int = 256, workers: int = 0, progress: bool = False
     ) -> np.ndarray:
         """Real-valued network outputs ``b`` (n, bits); their signs are the codes."""
-        model = self._encoding_network()
         outputs = []
-        order = np.arange(len(data))
         with tqdm(total=len(data), desc="encoding", unit="img", disable=not progress) as bar:
-            for images, indices in iterate_batches(data, order, batch_size, self.preprocess, workers):
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                    outputs.append(model(images.to(self.device)).float().cpu())
+            for output, indices in self.encode_batches(data, split_batches(np.arange(len(data)), batch_size), workers):
+                outputs.append(output)
                 bar.update(len(indices))
-        return torch.cat(outputs).numpy()
+        return np.concatenate(outputs)
+
+    @torch.inference_mode()
+    def encode_batches(
+        self, data: ImageCollection, batches: Sequence[np.ndarray], workers: int = 0
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(real outputs, indices)`` per batch of indices into ``data``, as each forward pass finishes.
+
+        Lets a long encoding commit its results as they come (``dahp.index.ingest``); the
+        batches are the caller's, so an image's code never depends on who encodes it.
+        """
+        model = self._encoding_network()
+        for images, indices in load_batches(data, batches, self.preprocess, workers):
+            with running_model(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                 enabled=self.device.type == "cuda"):
+                output = model(images.to(self.device)).float().cpu().numpy()
+            yield output, indices
 
     def encode(
         self, data: ImageCollection, batch_size: int = 256, workers: int = 0, progress: bool = False
@@ -175,13 +187,19 @@ class DeepHasher:
         """Packed codes: (n, ceil(bits/8)) ``uint8``, bit = 1 where b > 0."""
         return pack_codes(self.encode_real(data, batch_size, workers, progress))
 
-    @torch.inference_mode()
     def encode_images(self, images: Sequence[str | Path | IO[bytes]]) -> np.ndarray:
         """Packed codes for a few images given as files or byte streams (a query, an upload)."""
-        model = self._encoding_network()
         size = self.preprocess.image_size
-        pixels = np.stack([decode_image(image, size) for image in images])
-        return pack_codes(model(self.preprocess.batch(pixels).to(self.device)).float().cpu().numpy())
+        return self.encode_pixels(np.stack([decode_image(image, size) for image in images]))
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Packed codes for decoded ``(n, h, w, 3)`` uint8 images in one forward pass: a server decodes
+        each query on its own thread, then encodes many together."""
+        model = self._encoding_network()
+        batch = self.preprocess.batch(pixels).to(self.device)
+        with running_model():
+            return pack_codes(model(batch).float().cpu().numpy())
 
     def save(self, path: str | Path) -> None:
         model = self._require_fitted()

@@ -5,25 +5,29 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import TypeVar
+
+Number = TypeVar("Number", int, float)
 
 
-def int_at_least(minimum: int, what: str) -> Callable[[str], int]:
+def number_at_least(kind: Callable[[str], Number], minimum: Number, what: str) -> Callable[[str], Number]:
     """An argparse ``type`` that names what it expected when the value is not one."""
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> Number:
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum:
+        if not value >= minimum:  # also refuses a float NaN
             raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
         return value
 
     return parse
 
 
-positive_int = int_at_least(1, "a positive integer")
-non_negative_int = int_at_least(0, "an integer >= 0")
+positive_int = number_at_least(int, 1, "a positive integer")
+non_negative_int = number_at_least(int, 0, "an integer >= 0")
+non_negative_float = number_at_least(float, 0.0, "a number >= 0")
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):

@@ -32,8 +32,10 @@ from .transforms import (
     decode_image,
     default_preprocess,
     iterate_batches,
+    load_batches,
     max_image_pixels,
     open_image,
+    split_batches,
 )
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "get_protocol",
     "iterate_batches",
     "load_archive",
+    "load_batches",
     "load_cifar10_batches",
     "load_csv",
     "load_digits",
@@ -68,6 +71,7 @@ __all__ = [
     "resolve_source",
     "save_protocol",
     "source_exists",
+    "split_batches",
     "split_digest",
     "split_per_class",
 ]

@@ -55,9 +55,13 @@ class ImageCollection:
 
     def names(self) -> list[str]:
         """A printable name per image: its path, or ``source[index]`` for in-memory data."""
+        return [self.name(i) for i in range(len(self))]
+
+    def name(self, index: int) -> str:
+        """Image ``index``'s printable name, without listing all of them (chunks of a large collection)."""
         if isinstance(self.images, np.ndarray):
-            return [f"{self.source}[{i}]" for i in range(len(self))]
-        return [str(path) for path in self.images]
+            return f"{self.source}[{index}]"
+        return str(self.images[index])
 
     def subset(self, indices: np.ndarray) -> ImageCollection:
         images = self.images[indices] if isinstance(self.images, np.ndarray) else [self.images[i] for i in indices]

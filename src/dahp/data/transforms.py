@@ -130,6 +130,11 @@ class _FileBatches(torch.utils.data.Dataset):
         return self.preprocess.batch(pixels), indices
 
 
+def split_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """``order`` cut into consecutive batches of ``batch_size`` (the last one shorter)."""
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def iterate_batches(
     collection: ImageCollection,
     order: np.ndarray,
@@ -138,13 +143,27 @@ def iterate_batches(
     workers: int = 0,
 ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
     """Yield ``(images, indices)`` batches over ``order``; files are decoded in ``workers`` processes."""
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return load_batches(collection, split_batches(order, batch_size), preprocess, workers)
+
+
+def load_batches(
+    collection: ImageCollection,
+    batches: Sequence[np.ndarray],
+    preprocess: Preprocess,
+    workers: int = 0,
+) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """Yield ``(images, indices)`` for the given batches of indices, in order.
+
+    Callers that fix the batch boundaries themselves (a resumable ingest encodes each chunk
+    in the same batches whichever process runs it) use this; files are decoded in
+    ``workers`` processes, one loader for all the batches, so decoding never stalls between them.
+    """
     if isinstance(collection.images, np.ndarray):
         for indices in batches:
             yield preprocess.batch(collection.images[indices]), indices
         return
     loader = torch.utils.data.DataLoader(
-        _FileBatches(collection.images, batches, preprocess),
+        _FileBatches(collection.images, list(batches), preprocess),
         batch_size=None,
         num_workers=workers,
         persistent_workers=False,

@@ -12,9 +12,12 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..options import DefaultsHelpFormatter, add_runtime_options, add_source_options
+from ..errors import DahpError
+from ..options import DefaultsHelpFormatter, add_runtime_options, add_source_options, positive_int
+from .sharding import DEFAULT_CHUNK_SIZE, Shard
 
 if TYPE_CHECKING:
     from .store import Hit, Index
@@ -25,15 +28,42 @@ CommandFactory = Callable[[str, Handler, str], argparse.ArgumentParser]
 SOURCE_HELP = "images to index: 'digits', an image folder ROOT/<class>/<image>, a .tar.gz of one, a list file or a .csv"
 
 
+def _shard_option(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except DahpError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_encoding_options(parser: argparse.ArgumentParser) -> None:
     add_source_options(parser)
     add_runtime_options(parser)
+    parser.add_argument("--chunk-size", type=positive_int, default=DEFAULT_CHUNK_SIZE,
+                        help="images per chunk committed to the work folder .NAME.ingest beside the index: a killed "
+                             "run loses at most the chunk in flight, and the same command run again resumes")
+    parser.add_argument("--shard", type=_shard_option, default=None, metavar="RANK/WORLD",
+                        help="encode only the chunks i with i %% WORLD == RANK, for machines sharing the disk; "
+                             "shard 0 waits for the others' chunks and writes the index "
+                             "(default: torchrun's RANK/WORLD_SIZE, else 0/1)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _encoding_options(args: argparse.Namespace) -> dict[str, object]:
+def _encoding_options(args: argparse.Namespace, shard: Shard) -> dict[str, object]:
+    under_torchrun = args.shard is None and shard.world > 1  # one terminal: only rank 0 draws a bar
     return {"batch_size": args.batch_size, "workers": args.workers, "skip_bad": args.skip_bad,
-            "image_root": args.image_root, "cache_dir": args.cache_dir, "progress": not args.quiet}
+            "image_root": args.image_root, "cache_dir": args.cache_dir, "chunk_size": args.chunk_size,
+            "progress": not (args.quiet or under_torchrun and shard.rank)}
+
+
+def _encode_shard(args: argparse.Namespace, shard: Shard, model: Path, index: Path) -> None:
+    """Shards other than 0 encode their chunks and leave; shard 0 writes the index."""
+    from .ingest import IngestOptions, encode_shard, work_folder
+
+    started = time.perf_counter()
+    encoded = encode_shard(model, args.images, index, shard, IngestOptions(**_encoding_options(args, shard)),
+                           device=args.device)
+    print(f"shard {shard}: encoded {encoded} images of {args.images} in {time.perf_counter() - started:.1f} s "
+          f"into {work_folder(index)}; shard 0 writes the index")
 
 
 def _report_added(index: Index, added: int, started: float) -> None:
@@ -49,18 +79,27 @@ def _report_added(index: Index, added: int, started: float) -> None:
 def cmd_index_build(args: argparse.Namespace) -> None:
     from .store import Index
 
+    shard = args.shard or Shard.from_environment()
+    if shard.rank:
+        _encode_shard(args, shard, Path(args.model), Path(args.output))
+        return
     started = time.perf_counter()
     index = Index.build(args.model, args.images, args.output, device=args.device, backend=args.backend, uri=args.uri,
-                        **_encoding_options(args))
+                        shards=shard.world, **_encoding_options(args, shard))
     _report_added(index, index.count, started)
 
 
 def cmd_index_add(args: argparse.Namespace) -> None:
+    from ..hasher import MODEL_FILE
     from .store import Index
 
+    shard = args.shard or Shard.from_environment()
+    if shard.rank:
+        _encode_shard(args, shard, Path(args.index) / MODEL_FILE, Path(args.index))
+        return
     started = time.perf_counter()
     index = Index.load(args.index, device=args.device)
-    added = index.add(args.images, model=args.model, **_encoding_options(args))
+    added = index.add(args.images, model=args.model, shards=shard.world, **_encoding_options(args, shard))
     _report_added(index, added, started)
 
 

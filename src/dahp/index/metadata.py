@@ -12,7 +12,7 @@ import io
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -34,6 +34,8 @@ _SCHEMA = ("CREATE TABLE items (id INTEGER PRIMARY KEY, path TEXT NOT NULL, labe
 _CHUNK = 500  # ids per SELECT, under SQLite's host-parameter limit
 
 Row = tuple[int, str, str, str, bytes | None]
+Entry = tuple[str, str, bytes | None]
+"""A row without its id and date: path, label, thumbnail."""
 
 
 @dataclass(frozen=True)
@@ -55,13 +57,19 @@ def _png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def collection_rows(data: ImageCollection, first_id: int, added: str) -> Iterator[Row]:
-    """Rows for ``data`` numbered from ``first_id``: absolute paths, labels as class names joined by ``|``."""
+def entries(data: ImageCollection, indices: Iterable[int]) -> Iterator[Entry]:
+    """What the rows of images ``indices`` say, less their ids and date: absolute paths (or
+    ``source[i]`` and a thumbnail for in-memory images), labels as class names joined by ``|``.
+
+    Made per chunk as it is encoded, so rows cost nothing extra when the index is assembled.
+    """
     in_memory = isinstance(data.images, np.ndarray)
-    for offset, name in enumerate(data.names()):
-        label = "|".join(data.class_names[j] for j in np.flatnonzero(data.labels[offset]))
-        path, thumbnail = (name, _png(data.images[offset])) if in_memory else (os.path.abspath(name), None)
-        yield first_id + offset, path, label, added, thumbnail
+    for i in indices:
+        label = "|".join(data.class_names[j] for j in np.flatnonzero(data.labels[i]))
+        if in_memory:
+            yield data.name(i), label, _png(data.images[i])
+        else:
+            yield os.path.abspath(data.name(i)), label, None
 
 
 class Metadata:

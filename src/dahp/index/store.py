@@ -8,7 +8,10 @@ Layout of ``INDEX/``::
     metadata-000002.sqlite   one row per item (see metadata.py)
     .lock                    flock held by a writer
 
-A kill at any moment leaves the old or the new index readable:
+A kill at any moment leaves the old or the new index readable, and loses at most one chunk of
+encoding: both ``build`` and ``add`` first commit the images' codes chunk by chunk to the work
+folder ``.NAME.ingest`` beside the index, where the same command run again resumes, and which is
+removed once the index is committed (see ingest.py). Then:
 
 * ``build`` writes a complete index into a hidden sibling ``.NAME.build-HOST-PID-XXXX`` and renames it
   into place. Replacing an index takes two renames, ``INDEX -> .NAME.previous`` then
@@ -47,13 +50,14 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..data import ImageCollection, load_source
 from ..errors import DahpError
 from ..hasher import MODEL_FILE, DeepHasher
 from ..serialization import atomic_write_bytes, honour_umask, read_header
 from .engine import ENGINES, FaissEngine, HammingEngine
+from .ingest import Ingest, IngestOptions, ingested
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, file_record, read_manifest, verify_files, write_manifest
-from .metadata import Item, Metadata, collection_rows
+from .metadata import Item, Metadata
+from .sharding import DEFAULT_CHUNK_SIZE
 
 LOCK_FILE = ".lock"
 _GENERATION_FILE = re.compile(r"^(\.?[a-z]+-\d{6}\.(index|sqlite).*|\.manifest\.json\..+\.tmp)$")
@@ -87,16 +91,6 @@ def _model_identity(path: str | Path) -> tuple[str, int]:
     return header["payload_sha256"], header["bits"]
 
 
-def _encode_source(hasher: DeepHasher, images_spec: str, batch_size: int, workers: int, skip_bad: bool,
-                   image_root: str | Path | None, cache_dir: str | Path | None,
-                   progress: bool) -> tuple[ImageCollection, np.ndarray]:
-    """Load a data source and encode it (with a progress bar)."""
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    workers = _check_int(workers, "workers", 0)
-    data = load_source(images_spec, image_root=image_root, cache_dir=cache_dir, skip_bad=skip_bad)
-    return data, hasher.encode(data, batch_size=batch_size, workers=workers, progress=progress)
-
-
 def _new_engine(backend: str, bits: int, uri: str | None, target: Path) -> HammingEngine:
     """An empty engine of ``backend`` for the index being built at ``target``; only Milvus takes a ``uri``."""
     if backend == "milvus":
@@ -110,17 +104,21 @@ def _new_engine(backend: str, bits: int, uri: str | None, target: Path) -> Hammi
     return FaissEngine(bits)
 
 
-def _commit(directory: Path, manifest: dict[str, Any], engine: HammingEngine, data: ImageCollection,
-            codes: np.ndarray, images_spec: str, base: Metadata | None, now: str) -> dict[str, Any]:
-    """Append ``codes`` to ``engine``, write the next generation's files, and commit its manifest last."""
+def _commit(directory: Path, manifest: dict[str, Any], engine: HammingEngine, ingest: Ingest,
+            base: Metadata | None, now: str) -> dict[str, Any]:
+    """Append the ingest's codes to ``engine``, write the next generation's files, and commit its manifest last."""
+    codes = ingest.codes()
     first = engine.ntotal
     engine.add(codes, np.arange(first, first + len(codes)))
     generation = manifest["generation"] + 1
     engine_path = directory / f"{engine.name}-{generation:06d}.index"
     metadata_path = directory / f"metadata-{generation:06d}.sqlite"
     engine.save(engine_path)
-    Metadata.write(metadata_path, collection_rows(data, first, now), base)
-    source = {"spec": images_spec, "added": len(codes), "at": now, "skipped": [list(bad) for bad in data.skipped]}
+    rows = ((first + offset, path, label, now, thumbnail)
+            for offset, (path, label, thumbnail) in enumerate(ingest.entries()))
+    Metadata.write(metadata_path, rows, base)
+    source = {"spec": ingest.spec, "added": len(codes), "at": now,
+              "skipped": [list(bad) for bad in ingest.data.skipped]}
     committed = {
         **manifest,
         "generation": generation,
@@ -253,50 +251,61 @@ class Index:
     def build(cls, model_path: str | Path, images_spec: str, out_dir: str | Path, *, batch_size: int = 256,
               workers: int = 0, skip_bad: bool = False, image_root: str | Path | None = None,
               cache_dir: str | Path | None = None, device: str = "auto", progress: bool = True,
-              backend: str = "faiss", uri: str | None = None) -> Index:
+              backend: str = "faiss", uri: str | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+              shards: int = 1) -> Index:
         """Encode every image of ``images_spec`` with the model and write a new index to ``out_dir``.
 
         An existing index at ``out_dir`` is replaced atomically; any other non-empty path is refused.
+        Encoding is committed in chunks of ``chunk_size`` images to the work folder ``.NAME.ingest``,
+        so a killed build called again with the same arguments resumes (:mod:`dahp.index.ingest`).
+        With ``shards`` > 1 this process is shard 0 of that many: it encodes its share and waits for
+        the others' (:func:`dahp.index.ingest.encode_shard`, or ``dahp index build`` under torchrun).
         ``backend`` "faiss" keeps the codes in the index directory; "milvus" keeps them in a Milvus
         collection at ``uri`` (a server URL or a Milvus Lite ``.db`` file; default: a Lite file
         ``NAME.milvus.db`` beside the index directory, see :mod:`dahp.index.milvus`).
         """
         target = Path(out_dir)
         _check_replaceable(target)
+        options = IngestOptions(chunk_size, batch_size, workers, skip_bad, image_root, cache_dir, progress)
         try:
             model_bytes = Path(model_path).read_bytes()
         except OSError as exc:
             raise DahpError(f"{model_path}: cannot read the model file ({exc.strerror})") from None
+        hasher = DeepHasher.load(model_path, device=device)
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_abandoned_builds(target)
-        staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(target)}{_HOST}-{os.getpid()}-", dir=target.parent))
-        honour_umask(staging, directory=True)
-        try:
-            atomic_write_bytes(staging / MODEL_FILE, model_bytes)
-            hasher = DeepHasher.load(staging / MODEL_FILE, device=device)
-            engine = _new_engine(backend, hasher.bits, uri, target)  # before encoding: a bad URI fails fast
-            data, codes = _encode_source(hasher, images_spec, batch_size, workers, skip_bad, image_root, cache_dir,
-                                         progress)
-            now = _utc_now()
-            empty = {"format": FORMAT, "format_version": FORMAT_VERSION, "index_id": uuid.uuid4().hex,
-                     "generation": 0, "bits": hasher.bits, "model_fingerprint": hasher.fingerprint_,
-                     "backend": engine.name, "count": 0, "created": now, "updated": now,
-                     "files": {"model": file_record(staging / MODEL_FILE)}, "sources": []}
-            manifest = _commit(staging, empty, engine, data, codes, images_spec, None, now)
-            _swap_into_place(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        engine = _new_engine(backend, hasher.bits, uri, target)  # before encoding: a bad URI fails fast
+        with ingested(hasher, images_spec, target, options, shards) as ingest:
+            # staged only now, so a kill while encoding leaves the resumable chunks and nothing else
+            staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(target)}{_HOST}-{os.getpid()}-",
+                                            dir=target.parent))
+            honour_umask(staging, directory=True)
+            try:
+                atomic_write_bytes(staging / MODEL_FILE, model_bytes)
+                if _model_identity(staging / MODEL_FILE) != (hasher.fingerprint_, hasher.bits):
+                    raise DahpError(f"{model_path} changed while the index was being built: run the build again")
+                now = _utc_now()
+                empty = {"format": FORMAT, "format_version": FORMAT_VERSION, "index_id": uuid.uuid4().hex,
+                         "generation": 0, "bits": hasher.bits, "model_fingerprint": hasher.fingerprint_,
+                         "backend": engine.name, "count": 0, "created": now, "updated": now,
+                         "files": {"model": file_record(staging / MODEL_FILE)}, "sources": []}
+                manifest = _commit(staging, empty, engine, ingest, None, now)
+                _swap_into_place(staging, target)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         return cls(target, manifest, engine, Metadata(target / manifest["files"]["metadata"]["name"]), device, hasher)
 
     def add(self, images_spec: str, *, batch_size: int = 256, workers: int = 0, skip_bad: bool = False,
             image_root: str | Path | None = None, cache_dir: str | Path | None = None, progress: bool = True,
-            model: str | Path | None = None) -> int:
+            model: str | Path | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE, shards: int = 1) -> int:
         """Append the images of ``images_spec`` (ids continue after the last one); returns how many were added.
 
         They are encoded with the index's own model; ``model``, if given, must be that same model
-        (a guard for scripts that keep a model path beside the index path).
+        (a guard for scripts that keep a model path beside the index path). Encoding resumes and
+        shards as in :meth:`build`.
         """
+        options = IngestOptions(chunk_size, batch_size, workers, skip_bad, image_root, cache_dir, progress)
         if model is not None:
             fingerprint, _ = _model_identity(model)
             if fingerprint != self._manifest["model_fingerprint"]:
@@ -311,21 +320,19 @@ class Index:
                 raise DahpError(f"index {self.path} changed on disk since it was loaded (another add or build): "
                                 "load it again")
             _remove_orphans(self.path, on_disk)
-            data, codes = _encode_source(hasher, images_spec, batch_size, workers, skip_bad, image_root, cache_dir,
-                                         progress)
-            try:
-                manifest = _commit(self.path, self._manifest, self._engine, data, codes, images_spec, self._metadata,
-                                   _utc_now())
-            except BaseException:  # the engine already holds the new codes in memory: go back to the old file
-                old = self.path / self._manifest["files"]["engine"]["name"]
-                self._engine = ENGINES[self._manifest["backend"]].load(old, self.bits)
-                raise
+            with ingested(hasher, images_spec, self.path, options, shards) as ingest:
+                try:
+                    manifest = _commit(self.path, self._manifest, self._engine, ingest, self._metadata, _utc_now())
+                except BaseException:  # the engine already holds the new codes in memory: go back to the old file
+                    old = self.path / self._manifest["files"]["engine"]["name"]
+                    self._engine = ENGINES[self._manifest["backend"]].load(old, self.bits)
+                    raise
             previous = self._metadata
             self._metadata = Metadata(self.path / manifest["files"]["metadata"]["name"])
             self._manifest = manifest
             previous.close()
             _remove_orphans(self.path, manifest)
-        return len(codes)
+        return int(manifest["sources"][-1]["added"])
 
     # --- reading -----------------------------------------------------------------------
 
