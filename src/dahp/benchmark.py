@@ -433,9 +433,9 @@ def table_iv(records: dict[str, dict[str, Any]], methods: list[Method], paper: b
 
 def table_iii(records: dict[str, dict[str, Any]], methods: list[Method], bits: int = 48, paper: bool = True) -> str:
     """The ablation at one code length: each variant's mAP and its ratio to DPSH, measured and
-    (when ``paper``) the paper's."""
+    (when ``paper``) the paper's; empty with fewer than two variants run (one row compares nothing)."""
     rows = [m for name in TABLE_III for m in methods if m.name == name and f"{name}-{bits}" in records]
-    if not rows:
+    if len(rows) < 2:
         return ""
     dpsh = records.get(f"dpsh-{bits}")
     paper_dpsh = next((m.paper_cifar10.get(bits) for m in methods if m.name == "dpsh"), None)
