@@ -1,12 +1,19 @@
-"""Search latency end to end: in-process query (decode + encode + search) and the web server.
+"""Serving speed, side by side in one run: the encoder alone against ``dahp serve`` under load.
 
-Builds a small digits index (or uses ``--index``), then measures, in one run:
-- ``Index.search_images`` on one query file with the model loaded (what ``dahp search`` does
-  after start-up), split into encode and search;
-- ``POST /search`` on a ``dahp serve`` subprocess: p50/p99 latency of sequential requests,
-  and requests/s with p50/p99 under ``--clients`` concurrent clients.
+Builds an index with the chosen model (``--model``), then measures on the same machine:
 
-    python benchmarks/server_latency.py --clients 16 --seconds 10
+- the encoder's own rate: ``encode_pixels`` on batches of ``--batch`` decoded queries (images/s),
+  and one query at a time;
+- ``POST /search`` on a ``dahp serve`` subprocess: p50/p99 of sequential requests (one client),
+  requests/s with p50/p99 under ``--clients`` concurrent clients, and the answers that
+  ``--overload`` clients get (only 200 or a clean 503 with Retry-After is right).
+
+The issue's targets are printed as ratios: requests/s with 16 clients >= 0.8 x the encoder's
+batched images/s, p99 under load <= 3 x the single-client p50, no errors, and nothing but 200
+and 503 under overload. The load generator shares the CPU with the server, as it would on one
+machine; say so when quoting the figures.
+
+    python benchmarks/server_latency.py --model cpu-transfer --clients 16 --overload 64 --seconds 20
 """
 
 from __future__ import annotations
@@ -19,32 +26,52 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
+from made_models import MODEL_HELP, MODELS, digit_folder, make_model
 from PIL import Image
 
-from dahp.data import default_preprocess, load_digits
+from dahp.data import decode_image, load_digits
 from dahp.hasher import MODEL_FILE, DeepHasher
 from dahp.index import Index
-from dahp.models import ModelConfig
-from dahp.training import TrainConfig
 
 
-def _digits_index(root: Path) -> Path:
-    DeepHasher(ModelConfig(bits=48, output_stride=4, small_stem=True), TrainConfig(epochs=1),
-               default_preprocess("digits"), weights="none", device="cpu", progress=False,
-               ).fit(load_digits().subset(np.arange(0, 1797, 2)), out_dir=root / "run")
-    Index.build(root / "run" / MODEL_FILE, "digits", root / "index", progress=False)
+def _build_index(root: Path, model: str, count: int) -> Path:
+    photos = digit_folder(root / "photos", MODELS[model][1], count)
+    Index.build(make_model(root, model), str(photos), root / "index", progress=False)
     return root / "index"
 
 
-def _percentiles(milliseconds: list[float]) -> str:
+def _percentiles(milliseconds: list[float]) -> tuple[float, float]:
     ordered = sorted(milliseconds)
-    p99 = ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
-    return f"p50 {statistics.median(ordered):7.2f} ms   p99 {p99:7.2f} ms"
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+
+
+def _show(label: str, milliseconds: list[float], extra: str = "") -> None:
+    p50, p99 = _percentiles(milliseconds)
+    print(f"{label:34s} p50 {p50:8.2f} ms   p99 {p99:8.2f} ms   {extra}")
+
+
+def _encoder_rates(hasher: DeepHasher, query: bytes, batch: int, seconds: float) -> tuple[float, list[float]]:
+    """(batched images/s, single-query milliseconds) of the bare encoder on decoded queries."""
+    pixels = decode_image(io.BytesIO(query), hasher.preprocess.image_size, "query")
+    stack = np.stack([pixels] * batch)
+    hasher.encode_pixels(stack)  # warm-up: the inference copy, first-touch allocations
+    images, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        hasher.encode_pixels(stack)
+        images += batch
+    batched = images / (time.perf_counter() - started)
+    single = []
+    for _ in range(50):
+        begun = time.perf_counter()
+        hasher.encode_pixels(pixels[None])
+        single.append((time.perf_counter() - begun) * 1000)
+    return batched, single
 
 
 def _free_port() -> int:
@@ -53,78 +80,108 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _post(client: httpx.Client, url: str, image: bytes) -> float:
+def _post(client: httpx.Client, url: str, image: bytes) -> tuple[int, float, bool]:
+    """(status, milliseconds, whether a 503 said when to retry)."""
     started = time.perf_counter()
-    response = client.post(url, files={"image": ("q.png", image, "image/png")})
-    response.raise_for_status()
-    return (time.perf_counter() - started) * 1000
+    try:
+        response = client.post(url, files={"image": ("q.png", image, "image/png")})
+    except httpx.HTTPError:
+        return -1, (time.perf_counter() - started) * 1000, False
+    return response.status_code, (time.perf_counter() - started) * 1000, "retry-after" in response.headers
+
+
+def _load(url: str, image: bytes, clients: int, seconds: float) -> tuple[list[tuple[int, float, bool]], float]:
+    """Every answer ``clients`` looping clients got in ``seconds``, and the elapsed time."""
+
+    def client_loop(_: int) -> list[tuple[int, float, bool]]:
+        answers = []
+        with httpx.Client(timeout=60) as client:
+            stop = time.monotonic() + seconds
+            while time.monotonic() < stop:
+                answers.append(_post(client, url, image))
+        return answers
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        answers = [answer for result in pool.map(client_loop, range(clients)) for answer in result]
+    return answers, time.perf_counter() - started
+
+
+def _wait_ready(port: int) -> None:
+    deadline = time.monotonic() + 300
+    with httpx.Client(timeout=5) as client:
+        while True:
+            try:
+                if client.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("the server did not become ready in 300 s")
+            time.sleep(0.2)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--index", type=Path, default=None, help="an existing index (default: build a digits one)")
-    parser.add_argument("--query", type=Path, default=None, help="query image (default: a digit)")
-    parser.add_argument("--requests", type=int, default=200, help="sequential requests")
+    parser.add_argument("--model", choices=sorted(MODELS), default="cpu-transfer", help=MODEL_HELP)
+    parser.add_argument("--index", type=Path, default=None, help="an existing index instead of building one")
+    parser.add_argument("--images", type=int, default=600, help="images in the built index")
+    parser.add_argument("--requests", type=int, default=100, help="sequential requests of the single client")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--overload", type=int, default=64, help="clients of the overload run")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each concurrent run")
+    parser.add_argument("--batch", type=int, default=32, help="batch of the encoder's own rate (the server's default)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        index_dir = args.index or _digits_index(root)
-        query = args.query or root / "query.png"
-        if args.query is None:
-            Image.fromarray(load_digits().images[7]).save(query)
-        image = query.read_bytes()
-
+        index_dir = args.index or _build_index(root, args.model, args.images)
         index = Index.load(index_dir, device="cpu")
-        info = index.info()
-        print(f"index: {info['count']} images, {info['bits']} bits; query {query.name}")
-        encode, search, total = [], [], []
-        for _ in range(args.requests):
-            started = time.perf_counter()
-            codes = index.encode_images([io.BytesIO(image)])
-            encoded = time.perf_counter()
-            index.search(codes, k=20)
-            done = time.perf_counter()
-            encode.append((encoded - started) * 1000)
-            search.append((done - encoded) * 1000)
-            total.append((done - started) * 1000)
-        print(f"in-process  decode+encode  {_percentiles(encode)}")
-        print(f"in-process  search top-20  {_percentiles(search)}")
-        print(f"in-process  total          {_percentiles(total)}")
+        hasher = DeepHasher.load(index_dir / MODEL_FILE, device="cpu")
+        side = max(hasher.preprocess.image_size, 32)
+        buffer = io.BytesIO()
+        Image.fromarray(load_digits().images[7]).resize((side, side)).save(buffer, format="PNG")
+        query = buffer.getvalue()
+        print(f"index: {index.count} images, {index.info()['bits']} bits; model {hasher.model_config.backbone} at "
+              f"{hasher.preprocess.image_size} px; query {side}x{side} PNG")
+
+        batched, single = _encoder_rates(hasher, query, args.batch, min(args.seconds, 10.0))
+        print(f"{'encoder alone, batches of ' + str(args.batch):34s} {batched:8.1f} images/s")
+        _show("encoder alone, one query", single)
+        del hasher, index
 
         port = _free_port()
         server = subprocess.Popen([sys.executable, "-m", "dahp.cli", "serve", str(index_dir), "--port", str(port),
                                    "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}/search?k=20"
         try:
-            with httpx.Client(timeout=30) as client:
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        client.get(f"http://127.0.0.1:{port}/")
-                        break
-                    except httpx.TransportError:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.2)
-                sequential = [_post(client, url, image) for _ in range(args.requests)]
-            print(f"server      1 client       {_percentiles(sequential)}")
+            _wait_ready(port)
+            with httpx.Client(timeout=60) as client:
+                sequential = [_post(client, url, query) for _ in range(args.requests)]
+            single_ms = [ms for status, ms, _ in sequential if status == 200]
+            _show("server, 1 client", single_ms, f"{len(single_ms)}/{len(sequential)} answered")
 
-            def client_loop(_: int) -> list[float]:
-                latencies = []
-                with httpx.Client(timeout=30) as client:
-                    stop = time.monotonic() + args.seconds
-                    while time.monotonic() < stop:
-                        latencies.append(_post(client, url, image))
-                return latencies
+            answers, elapsed = _load(url, query, args.clients, args.seconds)
+            ok = [ms for status, ms, _ in answers if status == 200]
+            errors = len(answers) - len(ok)
+            rate = len(ok) / elapsed
+            _show(f"server, {args.clients} clients", ok, f"{rate:7.1f} requests/s, {errors} errors")
 
-            started = time.perf_counter()
-            with ThreadPoolExecutor(args.clients) as pool:
-                concurrent = [ms for result in pool.map(client_loop, range(args.clients)) for ms in result]
-            elapsed = time.perf_counter() - started
-            print(f"server      {args.clients} clients     {_percentiles(concurrent)}   "
-                  f"{len(concurrent) / elapsed:7.1f} requests/s")
+            overload, _ = _load(url, query, args.overload, args.seconds / 2)
+            statuses = Counter(status for status, _, _ in overload)
+            clean_503 = sum(1 for status, _, retry in overload if status == 503 and retry)
+            other = sum(count for status, count in statuses.items() if status not in (200, 503))
+            _show(f"server, {args.overload} clients", [ms for status, ms, _ in overload if status == 200],
+                  f"answers {dict(sorted(statuses.items()))}")
+
+            p50_single = _percentiles(single_ms)[0]
+            p99_load = _percentiles(ok)[1]
+            print()
+            print(f"requests/s with {args.clients} clients / encoder's batched images/s = {rate / batched:.2f} "
+                  "(target >= 0.8)")
+            print(f"p99 with {args.clients} clients / single-client p50 = {p99_load / p50_single:.2f} (target <= 3)")
+            print(f"errors with {args.clients} clients: {errors} (target 0)")
+            print(f"{args.overload} clients: {other} answers other than 200 or 503, "
+                  f"{statuses.get(503, 0) - clean_503} 503s without Retry-After (target 0 and 0)")
         finally:
             server.terminate()
             server.wait(timeout=30)
