@@ -143,3 +143,17 @@ def test_lines_beyond_the_colour_cycle_change_style() -> None:
     from dahp.plots import _line_style
 
     assert [_line_style(i) for i in (0, 9, 10, 19, 20, 30, 40)] == ["-", "-", "--", "--", ":", "-.", "-"]
+
+
+def test_map_against_minutes_draws_a_point_per_recipe_and_the_lines(tmp_path: Path) -> None:
+    from dahp.plots import map_vs_minutes_figure, plot_map_vs_minutes
+
+    runs = {"cpu-transfer": (30.4, 0.707), "cpu": (22.9, 0.247)}
+    axes = map_vs_minutes_figure(runs, chance=0.1, target=0.8).axes[0]
+    points = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in axes.get_lines()}
+    assert points["cpu-transfer"] == ([30.4], [0.707]) and points["cpu"] == ([22.9], [0.247])
+    assert points["chance (0.100)"][1] == [0.1, 0.1] and points["target (0.80)"][1] == [0.8, 0.8]
+    plot_map_vs_minutes(runs, tmp_path / "quality.png")
+    assert (tmp_path / "quality.png").read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(DahpError, match=r"runs\['cpu'\]: expected \(minutes, mAP\)"):
+        plot_map_vs_minutes({"cpu": (22.9,)}, tmp_path / "bad.png")

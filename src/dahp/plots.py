@@ -163,6 +163,37 @@ def plot_precision_within_radius_vs_bits(
     _save_png(figure, path)
 
 
+def map_vs_minutes_figure(runs: dict[str, tuple[float, float]], chance: float | None = None,
+                          target: float | None = None) -> Figure:
+    """mAP against wall-clock minutes, one labelled point per recipe: what a CPU-minute buys.
+
+    ``runs`` maps a label to ``(minutes, mAP)``; ``chance`` and ``target`` draw dashed and
+    dotted horizontal lines.
+    """
+    if not isinstance(runs, dict) or not runs:
+        raise DahpError("runs: expected a non-empty dict of label -> (minutes, mAP)")
+    for label, point in runs.items():
+        if not (isinstance(point, tuple | list) and len(point) == 2 and all(math.isfinite(v) for v in point)):
+            raise DahpError(f"runs[{label!r}]: expected (minutes, mAP) as two finite numbers, got {point!r}")
+    figure, (axes,) = _new_figure(1)
+    for index, (label, (minutes, value)) in enumerate(sorted(runs.items(), key=lambda item: item[1][0])):
+        axes.plot([minutes], [value], marker="o", linestyle="none", label=label, color=f"C{index % 10}")
+    if chance is not None:
+        axes.axhline(chance, color="0.4", linestyle="--", linewidth=1.0, label=f"chance ({chance:.3f})")
+    if target is not None:
+        axes.axhline(target, color="0.2", linestyle=":", linewidth=1.0, label=f"target ({target:.2f})")
+    axes.set_xlim(left=0)
+    axes.set_ylim(0, 1)
+    _style(axes, "mAP@ALL against wall-clock minutes", "minutes (train + encode + evaluate)", "mAP@ALL")
+    _legend_beside(figure, axes)
+    return figure
+
+
+def plot_map_vs_minutes(runs: dict[str, tuple[float, float]], path: str | Path, chance: float | None = None,
+                        target: float | None = None) -> None:
+    _save_png(map_vs_minutes_figure(runs, chance, target), path)
+
+
 def markdown_table(results: dict[str, dict[str, Any]]) -> str:
     """A Markdown table, one row per method: bits, mAP@K, tie-aware mAP@K, chance mAP@K, P@H≤r and P@N.
 
