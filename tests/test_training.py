@@ -193,6 +193,22 @@ def test_backbone_lr_scale_zero_keeps_the_pretrained_weights(small_digits):
     assert hasher.history_[-1]["lr"] > 0
 
 
+def _batch_norm_statistics(model):
+    return {name: value.clone() for name, value in model.backbone.named_buffers() if "running" in name}
+
+
+@pytest.mark.parametrize("frozen_batch_norm", [True, False])
+def test_frozen_batch_norm_keeps_the_backbones_statistics_while_it_fine_tunes(small_digits, frozen_batch_norm):
+    torch.manual_seed(0)
+    network = HashingNetwork(SMALL_MODEL)
+    initial, weights = _batch_norm_statistics(network), _backbone_parameters(network)
+    hasher = _hasher(epochs=2, frozen_epochs=1, frozen_batch_norm=frozen_batch_norm).fit(small_digits)
+    final = _batch_norm_statistics(hasher.model_)
+    assert initial and all(torch.equal(final[name], initial[name]) for name in initial) == frozen_batch_norm
+    trained = _backbone_parameters(hasher.model_)
+    assert any(not torch.equal(trained[name], weights[name]) for name in weights)  # fine-tuned either way
+
+
 def test_min_steps_raise_the_epochs_of_a_small_training_set(small_digits):
     config = TrainConfig(epochs=4, batch_size=32, min_steps=50, frozen_epochs=2)
     sized = config.sized_for(200)  # 7 steps per epoch (6 full batches and one of 8)

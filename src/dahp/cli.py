@@ -159,7 +159,7 @@ def cmd_methods(args: argparse.Namespace) -> None:
 MODEL_OPTIONS = ("backbone", "output_stride", "small_stem", "attention", "hidden_dim", "hash_norm", "head_channels")
 TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "schedule", "anchor_weight",
                  "quantization_weight", "pairs", "augment", "workers", "frozen_epochs", "backbone_lr_scale",
-                 "min_steps")
+                 "frozen_batch_norm", "min_steps")
 
 
 def _given(args: argparse.Namespace, options: tuple[str, ...]) -> dict[str, object]:
@@ -487,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     option("--frozen-epochs", type=non_negative_int,
            help="first train only the new layers (attention, head) on the frozen pretrained backbone")
     option("--backbone-lr-scale", type=float, help="the backbone's learning rate is --lr times this")
+    option("--frozen-batch-norm", action=argparse.BooleanOptionalAction,
+           help="fine-tune the backbone with its pretrained BatchNorm statistics fixed (batch statistics of "
+                "other images shift every feature the head learned on the frozen backbone)")
     option("--min-steps", type=non_negative_int,
            help="raise the epochs so a small training set still gets this many optimiser steps")
     train.add_argument("--method", default="dahp", help="loss and network variant (list them: dahp methods); default dahp")

@@ -54,6 +54,9 @@ class TrainConfig:
     weights; ``backbone_lr_scale`` then fine-tunes the backbone at ``lr`` times that scale;
     ``min_steps`` raises the epochs so a small training set still gets that many
     optimiser steps (:meth:`sized_for`): 4 epochs of 200 images are 8 steps.
+    ``frozen_batch_norm`` keeps the backbone's BatchNorm layers in eval mode while it is
+    fine-tuned: their running statistics stay the pretrained ones (their scale and shift
+    still train), so the features the head learned on do not jump when fine-tuning starts.
     """
 
     method: str = "dahp"
@@ -72,6 +75,7 @@ class TrainConfig:
     workers: int = 0
     frozen_epochs: int = 0
     backbone_lr_scale: float = 1.0
+    frozen_batch_norm: bool = False
     min_steps: int = 0
 
     def __post_init__(self) -> None:
@@ -285,6 +289,10 @@ class Trainer:
         if frozen:  # pretrained BatchNorm statistics stay as they are while the head learns
             self.model.backbone.eval()
             frozen_backbone = inference_copy(self.model.backbone)  # the same features, about 2x faster
+        elif self.config.frozen_batch_norm:  # and while the backbone is fine-tuned: its features stay comparable
+            for module in self.model.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         if self.companion is not None:
             self.companion.train()
         plan, mine = self._shards(epoch_order(len(data), self.config.seed, epoch))
