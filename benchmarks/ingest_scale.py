@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from made_models import MODEL_HELP, MODELS, make_model
+from made_models import MODEL_HELP, MODELS, encoding_rate, make_model
 from PIL import Image
 
 from dahp.data import load_digits
@@ -78,12 +78,7 @@ def bare_forward_rate(model: Path, batch: int, seconds: float) -> float:
     hasher = DeepHasher.load(model, device="cpu")
     size = hasher.preprocess.image_size
     pixels = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-    hasher.encode_pixels(pixels)
-    images, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        hasher.encode_pixels(pixels)
-        images += batch
-    return images / (time.perf_counter() - started)
+    return encoding_rate(hasher, pixels, seconds)
 
 
 def differences(index: Path, reference: Path) -> str:

@@ -7,13 +7,15 @@ input size.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from dahp.cli import main as dahp_main
 from dahp.data import load_digits
-from dahp.hasher import MODEL_FILE
+from dahp.hasher import MODEL_FILE, DeepHasher
 
 MODELS = {
     # name: (budget, side of the generated images, flags that override the budget)
@@ -45,3 +47,14 @@ def make_model(root: Path, name: str) -> Path:
     if code:
         raise SystemExit(f"training the {name} model failed (exit status {code})")
     return run / MODEL_FILE
+
+
+def encoding_rate(hasher: DeepHasher, pixels: np.ndarray, seconds: float) -> float:
+    """Images/s of the network alone on the decoded batch ``pixels`` (no files), after a warm-up
+    pass that pays for the inference copy and first-touch allocations."""
+    hasher.encode_pixels(pixels)
+    images, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        hasher.encode_pixels(pixels)
+        images += len(pixels)
+    return images / (time.perf_counter() - started)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from made_models import MODEL_HELP, MODELS, digit_folder, make_model
+from made_models import MODEL_HELP, MODELS, digit_folder, encoding_rate, make_model
 from PIL import Image
 
 from dahp.data import decode_image, load_digits
@@ -59,13 +59,7 @@ def _show(label: str, milliseconds: list[float], extra: str = "") -> None:
 def _encoder_rates(hasher: DeepHasher, query: bytes, batch: int, seconds: float) -> tuple[float, list[float]]:
     """(batched images/s, single-query milliseconds) of the bare encoder on decoded queries."""
     pixels = decode_image(io.BytesIO(query), hasher.preprocess.image_size, "query")
-    stack = np.stack([pixels] * batch)
-    hasher.encode_pixels(stack)  # warm-up: the inference copy, first-touch allocations
-    images, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        hasher.encode_pixels(stack)
-        images += batch
-    batched = images / (time.perf_counter() - started)
+    batched = encoding_rate(hasher, np.stack([pixels] * batch), seconds)
     single = []
     for _ in range(50):
         begun = time.perf_counter()
