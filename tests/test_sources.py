@@ -341,6 +341,8 @@ def test_csv_class_column_of_label_lists_is_multi_label(tmp_path):
     assert data.labels.tolist() == [[1, 1, 0], [0, 1, 1], [0, 0, 1], [1, 0, 0]]
     (tmp_path / "ids.csv").write_text('path,label\nimg/0.png,"[10, 2]"\nimg/1.png,2\n')  # numbers sort as numbers
     assert load_source(str(tmp_path / "ids.csv")).class_names == ["2", "10"]
+    (tmp_path / "plural.csv").write_text("path,labels\nimg/0.png,cat|dog\nimg/1.png,dog\n")  # found without an option
+    assert load_source(str(tmp_path / "plural.csv")).labels.tolist() == [[1, 1], [0, 1]]
 
 
 @pytest.mark.parametrize(

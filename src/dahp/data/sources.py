@@ -68,7 +68,7 @@ PARTITION_NAMES = ("train", "val", "valid", "validation", "test")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 LIST_SUFFIXES = (".txt", ".list", ".lst")
 PATH_COLUMNS = ("path", "image", "file")
-LABEL_COLUMNS = ("label", "class")
+LABEL_COLUMNS = ("label", "labels", "class", "classes")
 CIFAR10_BATCHES = {**{f"data_batch_{i}": "train" for i in range(1, 6)}, "test_batch": "test"}
 _FILE_KINDS = ((ARCHIVE_SUFFIXES, "archive"), ((".csv",), "CSV file"), (LIST_SUFFIXES, "list file"))
 _OPTIONS = ("image_root", "path_column", "label_column", "label_columns", "extension")
@@ -666,7 +666,7 @@ def load_csv(
             label_at = [class_at] if class_at is not None else [i for i in range(len(header)) if i != path_at]
         if not label_at:
             raise DahpError(
-                f"{path}:1: no label column: expected 'label' / 'class' or 0/1 columns beside {header[path_at]!r}"
+                f"{path}:1: no label column: expected {' / '.join(LABEL_COLUMNS)} or 0/1 columns beside {header[path_at]!r}"
             )
         if path_at in label_at:
             raise DahpError(f"{path}:1: column {header[path_at]!r} cannot be both the path and a label column")
