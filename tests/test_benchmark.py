@@ -72,6 +72,24 @@ def test_a_folder_of_another_budget_is_refused(cli, tmp_path):
         cli(["benchmark", "--budget", other, "--methods", "itq", "--out", out, "--quiet"])
     with pytest.raises(DahpError, match="different seed"):
         cli(["benchmark", "--budget", "smoke", "--methods", "itq", "--out", out, "--seed", 1, "--quiet"])
+    # a folder claimed before a budget setting existed is still the same benchmark
+    claimed = json.loads((out / "benchmark.json").read_text())
+    del claimed["budget"]["top_k"]
+    (out / "benchmark.json").write_text(json.dumps(claimed))
+    cli(["benchmark", "--budget", "smoke", "--methods", "itq", "--out", out, "--quiet"])
+
+
+def test_a_budget_with_top_k_reports_map_at_k_beside_its_chance_level(cli, tmp_path, capsys):
+    budget = _custom_budget(tmp_path, top_k=20)
+    cli(["benchmark", "--budget", budget, "--methods", "itq", "--bits", "16", "--out", tmp_path / "out", "--quiet"])
+    record = json.loads((tmp_path / "out" / "runs" / "itq-16.json").read_text())
+    at_k, at_all = record["metrics_at_k"], record["metrics"]
+    assert at_k["top_k"] == 20 and at_all["top_k"] is None
+    assert at_k["map"] != at_all["map"] and at_k["chance_map"] < at_k["map"] <= 1
+    row = f"| itq-16 (K = 20) | {at_k['map']:.4f} | {at_k['chance_map']:.4f} | {at_k['map'] / at_k['chance_map']:.2f} |"
+    assert "## mAP@K" in capsys.readouterr().out and row in (tmp_path / "out" / "results.md").read_text()
+    with pytest.raises(DahpError, match="top_k must be a positive integer or null, got 0"):
+        Budget.load(str(_custom_budget(tmp_path, "zero", top_k=0)))
 
 
 @pytest.mark.parametrize(

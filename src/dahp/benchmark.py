@@ -69,8 +69,12 @@ class Budget:
     shared_backbone: bool = False
     method_train: dict[str, dict[str, Any]] = field(default_factory=dict)
     shallow_features: str = "pixels"
+    top_k: int | None = None
+    """Also report mAP@K (the paper's mAP@1000 on multi-label data); None: mAP@ALL only."""
 
     def __post_init__(self) -> None:
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            raise DahpError(f"budget {self.name}: top_k must be a positive integer or null, got {self.top_k!r}")
         if self.shallow_features not in SHALLOW_FEATURES:
             raise DahpError(f"budget {self.name}: shallow_features must be one of {SHALLOW_FEATURES}, "
                             f"got {self.shallow_features!r}")
@@ -212,6 +216,10 @@ def _claim_folder(out: Path, identity: dict[str, Any]) -> None:
     identity = json.loads(json.dumps(identity))  # as it reads back: tuples become lists
     if path.is_file():
         saved = json.loads(path.read_text())
+        try:  # settings added to budgets since the folder was claimed read back as their defaults
+            saved["budget"] = json.loads(json.dumps(Budget(**saved["budget"]).to_dict()))
+        except (TypeError, KeyError, DahpError):
+            pass
         if saved != identity:
             differing = sorted(key for key in identity if saved.get(key) != identity[key])
             raise DahpError(f"{out} holds a benchmark with a different {', '.join(differing)}; "
@@ -338,6 +346,9 @@ def run_benchmark(
         record = {"method": plan.method.name, "title": plan.method.title, "bits": plan.bits, "seed": seed,
                   "budget": budget.name, "dahp_version": __version__, "torch_version": torch.__version__,
                   "wall_seconds": time.perf_counter() - started, **info, "metrics": metrics}
+        if budget.top_k is not None:
+            record["metrics_at_k"] = evaluate(query, database, data.query.labels, data.database.labels, plan.bits,
+                                              top_k=budget.top_k)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, record)
         records[plan.name] = record
@@ -431,6 +442,19 @@ def table_iv(records: dict[str, dict[str, Any]], methods: list[Method], paper: b
     return "\n".join(lines) + "\n"
 
 
+def table_at_k(records: dict[str, dict[str, Any]]) -> str:
+    """mAP@K beside the split's random-ranking mAP@K, for runs whose budget asked for it."""
+    rows = [(name, record) for name, record in sorted(records.items()) if "metrics_at_k" in record]
+    if not rows:
+        return ""
+    lines = ["| run | mAP@K | chance mAP@K | × chance |", "|---|---|---|---|"]
+    for name, record in rows:
+        at_k = record["metrics_at_k"]
+        lines.append(f"| {name} (K = {at_k['top_k']}) | {at_k['map']:.4f} | {at_k['chance_map']:.4f} | "
+                     f"{at_k['map'] / at_k['chance_map']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def table_iii(records: dict[str, dict[str, Any]], methods: list[Method], bits: int = 48, paper: bool = True) -> str:
     """The ablation at one code length: each variant's mAP and its ratio to DPSH, measured and
     (when ``paper``) the paper's; empty with fewer than two variants run (one row compares nothing)."""
@@ -486,6 +510,9 @@ def write_benchmark_report(out: Path, records: dict[str, dict[str, Any]], budget
         parts.append(f"chance (random ranking) mAP: {chance:.4f}\n")
     parts += [f"## Table IV layout: mAP@ALL by code length{' (paper in parentheses)' if paper else ''}\n",
               table_iv(records, methods, paper)]
+    at_k = table_at_k(records)
+    if at_k:
+        parts += ["## mAP@K (database-order ties)\n", at_k]
     ablation = table_iii(records, methods, 48 if any(r["bits"] == 48 for r in records.values()) else largest, paper)
     if ablation:
         parts += ["## Table III layout: the ablation\n", ablation]
