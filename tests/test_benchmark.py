@@ -223,3 +223,25 @@ def test_untrained_control_budget_is_the_cpu_budget_left_untrained():
         cpu.dataset, cpu.protocol, cpu.image_size, cpu.model, cpu.weights)
     assert control.train == {**cpu.train, "epochs": 1, "lr": 1e-9}  # the networks stay at their random init
     assert control.method_train == {}  # DPSH's lr override would train its AlexNet
+
+
+BUDGETS = Path(__file__).parents[1] / "benchmarks" / "budgets"
+RECORDS = Path(__file__).parents[1] / "benchmarks" / "records"
+
+
+@pytest.mark.parametrize("path", sorted(BUDGETS.glob("*.json")), ids=lambda path: path.stem)
+def test_committed_budgets_load(path):
+    assert Budget.load(str(path)).name == path.stem
+
+
+def test_the_headline_record_ran_the_shipped_cpu_transfer_recipe():
+    def settings(budget: dict) -> dict:
+        return {key: value for key, value in Budget(**budget).to_dict().items() if key not in ("name", "description")}
+
+    shipped = settings(Budget.load("cpu-transfer").to_dict())
+    assert shipped["train"]["frozen_batch_norm"] is True
+    assert settings(Budget.load(str(BUDGETS / "cpu-transfer-fbn.json")).to_dict()) == shipped
+    record = json.loads((RECORDS / "cpu-transfer-fbn" / "benchmark.json").read_text())
+    assert settings(record["budget"]) == json.loads(json.dumps(shipped))
+    dahp = json.loads((RECORDS / "cpu-transfer-fbn" / "runs" / "dahp-48.json").read_text())
+    assert dahp["metrics"]["map"] > 0.73 and dahp["wall_seconds"] < 3600
