@@ -234,14 +234,12 @@ def test_committed_budgets_load(path):
     assert Budget.load(str(path)).name == path.stem
 
 
-def test_the_headline_record_ran_the_shipped_cpu_transfer_recipe():
+def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_its_frozen_batch_norm_variant():
     def settings(budget: dict) -> dict:
         return {key: value for key, value in Budget(**budget).to_dict().items() if key not in ("name", "description")}
 
-    shipped = settings(Budget.load("cpu-transfer").to_dict())
-    assert shipped["train"]["frozen_batch_norm"] is True
-    assert settings(Budget.load(str(BUDGETS / "cpu-transfer-fbn.json")).to_dict()) == shipped
-    record = json.loads((RECORDS / "cpu-transfer-fbn" / "benchmark.json").read_text())
-    assert settings(record["budget"]) == json.loads(json.dumps(shipped))
-    dahp = json.loads((RECORDS / "cpu-transfer-fbn" / "runs" / "dahp-48.json").read_text())
-    assert dahp["metrics"]["map"] > 0.73 and dahp["wall_seconds"] < 3600
+    shipped = json.loads(json.dumps(settings(Budget.load("cpu-transfer").to_dict())))
+    assert settings(json.loads((RECORDS / "cpu-transfer" / "benchmark.json").read_text())["budget"]) == shipped
+    variant = {**shipped, "train": {**shipped["train"], "frozen_batch_norm": True}}
+    assert settings(Budget.load(str(BUDGETS / "cpu-transfer-fbn.json")).to_dict()) == variant
+    assert settings(json.loads((RECORDS / "cpu-transfer-fbn" / "benchmark.json").read_text())["budget"]) == variant
