@@ -73,7 +73,7 @@ class Budget:
     """Also report mAP@K (the paper's mAP@1000 on multi-label data); None: mAP@ALL only."""
 
     def __post_init__(self) -> None:
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+        if self.top_k is not None and (type(self.top_k) is not int or self.top_k < 1):
             raise DahpError(f"budget {self.name}: top_k must be a positive integer or null, got {self.top_k!r}")
         if self.shallow_features not in SHALLOW_FEATURES:
             raise DahpError(f"budget {self.name}: shallow_features must be one of {SHALLOW_FEATURES}, "
