@@ -11,7 +11,9 @@ Builds an index with the chosen model (``--model``), then measures on the same m
 The issue's targets are printed as ratios: requests/s with 16 clients >= 0.8 x the encoder's
 batched images/s, p99 under load <= 3 x the single-client p50, no errors, and nothing but 200
 and 503 under overload. The load generator shares the CPU with the server, as it would on one
-machine; say so when quoting the figures.
+machine, so the run also reads the CPU time each side used (Linux's /proc) and prints the
+server's requests per CPU-second against the encoder's images per CPU-second: the ratio that
+does not depend on how much of the machine the clients took.
 
     python benchmarks/server_latency.py --model cpu-transfer --clients 16 --overload 64 --seconds 20
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import socket
 import statistics
 import subprocess
@@ -56,16 +59,29 @@ def _show(label: str, milliseconds: list[float], extra: str = "") -> None:
     print(f"{label:34s} p50 {p50:8.2f} ms   p99 {p99:8.2f} ms   {extra}")
 
 
-def _encoder_rates(hasher: DeepHasher, query: bytes, batch: int, seconds: float) -> tuple[float, list[float]]:
-    """(batched images/s, single-query milliseconds) of the bare encoder on decoded queries."""
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) the process ``pid`` has used so far; None where /proc is absent."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _encoder_rates(hasher: DeepHasher, query: bytes, batch: int,
+                   seconds: float) -> tuple[float, float, list[float]]:
+    """(batched images/s, CPU-seconds per wall second while batching, single-query milliseconds)
+    of the bare encoder on decoded queries."""
     pixels = decode_image(io.BytesIO(query), hasher.preprocess.image_size, "query")
+    cpu, wall = time.process_time(), time.perf_counter()
     batched = encoding_rate(hasher, np.stack([pixels] * batch), seconds)
+    cores = (time.process_time() - cpu) / (time.perf_counter() - wall)
     single = []
     for _ in range(50):
         begun = time.perf_counter()
         hasher.encode_pixels(pixels[None])
         single.append((time.perf_counter() - begun) * 1000)
-    return batched, single
+    return batched, cores, single
 
 
 def _free_port() -> int:
@@ -125,6 +141,8 @@ def main() -> None:
     parser.add_argument("--overload", type=int, default=64, help="clients of the overload run")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each concurrent run")
     parser.add_argument("--batch", type=int, default=32, help="batch of the encoder's own rate (the server's default)")
+    parser.add_argument("--server-batch", type=int, default=None,
+                        help="the server's --batch-size (default: its own default, 32)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -138,14 +156,17 @@ def main() -> None:
         print(f"index: {index.count} images, {index.info()['bits']} bits; model {hasher.model_config.backbone} at "
               f"{hasher.preprocess.image_size} px; query {side}x{side} PNG")
 
-        batched, single = _encoder_rates(hasher, query, args.batch, min(args.seconds, 10.0))
-        print(f"{'encoder alone, batches of ' + str(args.batch):34s} {batched:8.1f} images/s")
+        batched, encoder_cores, single = _encoder_rates(hasher, query, args.batch, min(args.seconds, 10.0))
+        print(f"{'encoder alone, batches of ' + str(args.batch):34s} {batched:8.1f} images/s on "
+              f"{encoder_cores:.2f} cores ({batched / encoder_cores:.1f} images per CPU-second)")
         _show("encoder alone, one query", single)
         del hasher, index
 
         port = _free_port()
-        server = subprocess.Popen([sys.executable, "-m", "dahp.cli", "serve", str(index_dir), "--port", str(port),
-                                   "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        serve = [sys.executable, "-m", "dahp.cli", "serve", str(index_dir), "--port", str(port), "--device", "cpu"]
+        if args.server_batch:
+            serve += ["--batch-size", str(args.server_batch)]
+        server = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}/search?k=20"
         try:
             _wait_ready(port)
@@ -154,11 +175,15 @@ def main() -> None:
             single_ms = [ms for status, ms, _ in sequential if status == 200]
             _show("server, 1 client", single_ms, f"{len(single_ms)}/{len(sequential)} answered")
 
+            server_cpu, client_cpu = _cpu_seconds(server.pid), time.process_time()
             answers, elapsed = _load(url, query, args.clients, args.seconds)
             ok = [ms for status, ms, _ in answers if status == 200]
             errors = len(answers) - len(ok)
             rate = len(ok) / elapsed
             _show(f"server, {args.clients} clients", ok, f"{rate:7.1f} requests/s, {errors} errors")
+            server_cores = None if server_cpu is None else (_cpu_seconds(server.pid) - server_cpu) / elapsed
+            client_cores = (time.process_time() - client_cpu) / elapsed
+            print(f"{'':34s} server on {server_cores or float('nan'):.2f} cores, clients on {client_cores:.2f} cores")
 
             overload, _ = _load(url, query, args.overload, args.seconds / 2)
             statuses = Counter(status for status, _, _ in overload)
@@ -172,6 +197,9 @@ def main() -> None:
             print()
             print(f"requests/s with {args.clients} clients / encoder's batched images/s = {rate / batched:.2f} "
                   "(target >= 0.8)")
+            if server_cores:
+                print(f"requests per server CPU-second / encoder's images per CPU-second = "
+                      f"{(rate / server_cores) / (batched / encoder_cores):.2f} (the first ratio without the clients' share)")
             print(f"p99 with {args.clients} clients / single-client p50 = {p99_load / p50_single:.2f} (target <= 3)")
             print(f"errors with {args.clients} clients: {errors} (target 0)")
             print(f"{args.overload} clients: {other} answers other than 200 or 503, "
