@@ -117,6 +117,12 @@ def _load(url: str, image: bytes, clients: int, seconds: float) -> tuple[list[tu
     return answers, time.perf_counter() - started
 
 
+def _batching(port: int) -> tuple[int, int]:
+    """(queries answered, batches run) by the server so far, from its /health."""
+    batching = httpx.get(f"http://127.0.0.1:{port}/health").json()["batching"]
+    return batching["queries"], batching["batches"]
+
+
 def _wait_ready(port: int) -> None:
     deadline = time.monotonic() + 300
     with httpx.Client(timeout=5) as client:
@@ -175,6 +181,7 @@ def main() -> None:
             single_ms = [ms for status, ms, _ in sequential if status == 200]
             _show("server, 1 client", single_ms, f"{len(single_ms)}/{len(sequential)} answered")
 
+            batched_before = _batching(port)
             server_cpu, client_cpu = _cpu_seconds(server.pid), time.process_time()
             answers, elapsed = _load(url, query, args.clients, args.seconds)
             ok = [ms for status, ms, _ in answers if status == 200]
@@ -183,7 +190,9 @@ def main() -> None:
             _show(f"server, {args.clients} clients", ok, f"{rate:7.1f} requests/s, {errors} errors")
             server_cores = None if server_cpu is None else (_cpu_seconds(server.pid) - server_cpu) / elapsed
             client_cores = (time.process_time() - client_cpu) / elapsed
-            print(f"{'':34s} server on {server_cores or float('nan'):.2f} cores, clients on {client_cores:.2f} cores")
+            queries, batches = (after - before for after, before in zip(_batching(port), batched_before))
+            print(f"{'':34s} server on {server_cores or float('nan'):.2f} cores, clients on {client_cores:.2f} cores; "
+                  f"{queries / max(batches, 1):.1f} queries per batch")
 
             overload, _ = _load(url, query, args.overload, args.seconds / 2)
             statuses = Counter(status for status, _, _ in overload)

@@ -11,6 +11,7 @@ from dahp.codes import pack_codes
 from dahp.errors import DahpError
 from dahp.methods import parse_methods
 from dahp.metrics import evaluate
+from dahp.training import TrainConfig
 
 pytestmark = pytest.mark.slow
 
@@ -234,12 +235,30 @@ def test_committed_budgets_load(path):
     assert Budget.load(str(path)).name == path.stem
 
 
-def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_its_frozen_batch_norm_variant():
-    def settings(budget: dict) -> dict:
-        return {key: value for key, value in Budget(**budget).to_dict().items() if key not in ("name", "description")}
+def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was_chosen_over():
+    """Each record differs from the shipped recipe in the settings its name says, and nothing else."""
+
+    def settings(budget: dict) -> dict:  # a training setting a record predates has its default
+        kept = {key: value for key, value in Budget(**budget).to_dict().items() if key not in ("name", "description")}
+        return {**kept, "train": TrainConfig(**kept["train"]).to_dict()}
+
+    def recorded(name: str) -> dict:
+        return settings(json.loads((RECORDS / name / "benchmark.json").read_text())["budget"])
+
+    def shipped_with(**train: object) -> dict:
+        return {**shipped, "train": {**shipped["train"], **train}}
 
     shipped = json.loads(json.dumps(settings(Budget.load("cpu-transfer").to_dict())))
-    assert settings(json.loads((RECORDS / "cpu-transfer" / "benchmark.json").read_text())["budget"]) == shipped
-    variant = {**shipped, "train": {**shipped["train"], "frozen_batch_norm": True}}
-    assert settings(Budget.load(str(BUDGETS / "cpu-transfer-fbn.json")).to_dict()) == variant
-    assert settings(json.loads((RECORDS / "cpu-transfer-fbn" / "benchmark.json").read_text())["budget"]) == variant
+    assert shipped["train"]["frozen_batch_norm"] and shipped["train"]["backbone_lr_scale"] == 0.02
+    assert recorded("cpu-transfer-fbn-slow-backbone") == shipped
+    assert settings(Budget.load(str(BUDGETS / "cpu-transfer-fbn-slow-backbone.json")).to_dict()) == shipped
+    small = {**shipped, "protocol": "per-class", "protocol_parameters": {"query_per_class": 100, "train_per_class": 20}}
+    assert recorded("cpu-transfer-fbn-slow-backbone-20-per-class") == small
+    assert recorded("cpu-transfer-fbn") == shipped_with(backbone_lr_scale=0.2)
+    assert recorded("cpu-transfer-fbn-20-per-class") == {**small, "train": recorded("cpu-transfer-fbn")["train"]}
+    for budget in ("cpu-transfer-mosaics", "cpu-transfer-fbn-slow-backbone-pairs"):  # other data, same recipe
+        other = settings(Budget.load(str(BUDGETS / f"{budget}.json")).to_dict())
+        assert (other["model"], other["train"], other["image_size"]) == (shipped["model"], shipped["train"], 160)
+    before = shipped_with(backbone_lr_scale=0.2, frozen_batch_norm=False)  # the recipe until 2026-12-06
+    assert recorded("cpu-transfer") == before
+    assert recorded("cpu-transfer-20-per-class") == {**small, "train": before["train"]}
