@@ -7,8 +7,8 @@ kernel at every step; with 4 KB pages the kernel spends much of the step faultin
 
 For each setting, in alternating rounds (a shared CPU slows both alike; each figure is the
 best round's), a fresh process times the pretrained recipe's network (EfficientNet-Lite0,
-160 px, budget ``cpu-transfer``): training steps (forward, backward, SGD) with BatchNorm on
-its running statistics, and encoding through the folded, channels-last inference copy that
+160 px, budget ``cpu-transfer``): training steps (forward, backward, SGD) with the backbone's
+BatchNorm on its running statistics, and encoding through the folded, channels-last inference copy that
 ``dahp`` encodes with. It prints images/s, the CPU time spent in the kernel and the page
 faults. Needs Linux with transparent huge pages in ``madvise`` or ``always`` mode.
 
@@ -53,7 +53,7 @@ def _measure(train_batch: int, encode_batch: int, images: int) -> dict[str, dict
                 "faults_per_image": (after.ru_minflt - before.ru_minflt) / done}
 
     net.train()
-    for module in net.modules():
+    for module in net.backbone.modules():  # as training with frozen_batch_norm: the hash outputs' stays in training
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.eval()
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
