@@ -259,6 +259,8 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
     for budget in ("cpu-transfer-mosaics", "cpu-transfer-fbn-slow-backbone-pairs"):  # other data, same recipe
         other = settings(Budget.load(str(BUDGETS / f"{budget}.json")).to_dict())
         assert (other["model"], other["train"], other["image_size"]) == (shipped["model"], shipped["train"], 160)
+    pairs = recorded("cpu-transfer-fbn-slow-backbone-pairs")
+    assert (pairs["model"], pairs["train"], pairs["image_size"]) == (shipped["model"], shipped["train"], 160)
     before = shipped_with(backbone_lr_scale=0.2, frozen_batch_norm=False)  # the recipe until 2026-12-06
     assert recorded("cpu-transfer") == before
     assert recorded("cpu-transfer-20-per-class") == {**small, "train": before["train"]}
