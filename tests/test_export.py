@@ -11,8 +11,9 @@ from dahp.codes import unpack_codes
 from dahp.data import IMAGENET_MEAN, IMAGENET_STD, ImageCollection, Preprocess, default_preprocess, load_digits, one_hot
 from dahp.errors import DahpError
 from dahp.export import add_export_command, export_onnx
-from dahp.hasher import MODEL_FILE, DeepHasher
+from dahp.hasher import MODEL_FILE, DeepHasher, resolve_runtime
 from dahp.models import HashingNetwork, ModelConfig
+from dahp.models.inference import OnnxRuntimeNetwork
 from dahp.training import TrainConfig
 
 onnx = pytest.importorskip("onnx", reason="ONNX export needs the onnx extra: pip install 'dahp[onnx]'")
@@ -207,3 +208,25 @@ def test_missing_optional_dependency_says_how_to_install(module, digits_model, t
     monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(DahpError, match=rf"needs the {module} package: pip install 'dahp\[onnx\]'"):
         export_onnx(digits_model, tmp_path / "m.onnx")
+
+
+def test_the_onnxruntime_runtime_encodes_as_pytorch_does(attention_model):
+    pixels = np.random.default_rng(0).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    data = _collection(pixels)
+    pytorch = DeepHasher.load(attention_model, device="cpu")
+    onnx_runtime = DeepHasher.load(attention_model, device="cpu", runtime="onnxruntime")
+    assert isinstance(onnx_runtime._encoding_network(), OnnxRuntimeNetwork)
+    np.testing.assert_array_equal(onnx_runtime.encode(data), pytorch.encode(data))
+    np.testing.assert_array_equal(onnx_runtime.encode_pixels(pixels), pytorch.encode(data))
+    np.testing.assert_allclose(onnx_runtime.encode_real(data), pytorch.encode_real(data), rtol=0, atol=ATOL)
+
+
+def test_runtime_names_are_checked_and_auto_falls_back_to_pytorch(monkeypatch):
+    assert resolve_runtime("auto", "cpu") == "onnxruntime"
+    assert resolve_runtime("pytorch", "cpu") == "pytorch"
+    with pytest.raises(DahpError, match="runtime must be auto or one of pytorch, onnxruntime, got 'tensorrt'"):
+        DeepHasher(device="cpu", runtime="tensorrt")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert resolve_runtime("auto", "cpu") == "pytorch"
+    with pytest.raises(DahpError, match=r"needs the onnx and onnxruntime packages: pip install 'dahp\[onnx\]'"):
+        resolve_runtime("onnxruntime", "cpu")

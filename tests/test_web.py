@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from dahp.data import default_preprocess, load_digits  # noqa: E402
 from dahp.errors import DahpError  # noqa: E402
-from dahp.hasher import MODEL_FILE, DeepHasher  # noqa: E402
+from dahp.hasher import MODEL_FILE, DeepHasher, resolve_runtime  # noqa: E402
 from dahp.index import Index  # noqa: E402
 from dahp.models import ModelConfig  # noqa: E402
 from dahp.training import TrainConfig  # noqa: E402
@@ -226,7 +226,8 @@ def test_concurrent_searches_share_one_forward_pass_and_each_gets_its_own_answer
         health = client.get("/health").json()
     assert sum(sizes) == len(queries) and max(sizes) == 8 and len(sizes) <= 3, sizes
     assert health["batching"] | {"max_wait_ms": None} == {"max_batch": 8, "max_wait_ms": None, "batches": len(sizes),
-                                                         "queries": len(queries), "largest": 8}
+                                                         "queries": len(queries), "largest": 8,
+                                                         "runtime": resolve_runtime("auto", "cpu")}
     assert health["queue"]["depth"] == 0
     for (number, k), response in zip(queries, responses):
         assert response.status_code == 200
@@ -254,6 +255,18 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(index, monkeypatch):
             assert [future.result().status_code for future in waiting] == [200, 200]
         assert _post_image(client, digits.images[2]).status_code == 200
         assert client.get("/health").json()["queue"] == {"depth": 0, "limit": 2}
+
+
+@pytest.mark.parametrize("runtime", ["pytorch", "onnxruntime"])
+def test_either_runtime_gives_the_same_answers_and_health_names_it(index, runtime):
+    pytest.importorskip("onnxruntime", reason="the onnxruntime runtime needs the onnx extra")
+    digits = load_digits()
+    with _serving(create_app(index, runtime=runtime)) as client:
+        assert client.get("/health").json()["batching"]["runtime"] == runtime
+        for number in (0, 7, 500):
+            hits = _post_image(client, digits.images[number], 5).json()["hits"]
+            expected = index.search(index.encode_images([io.BytesIO(_png(digits.images[number]))]), k=5)[0]
+            assert [(hit["id"], hit["distance"]) for hit in hits] == [(hit.id, hit.distance) for hit in expected]
 
 
 def test_health_and_ready_while_the_model_loads(index, monkeypatch):

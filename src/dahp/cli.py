@@ -384,7 +384,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     index = Index.load(args.index, device=args.device)
     app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 2**20), full_paths=args.full_paths,
                      max_batch=args.batch_size, max_wait_ms=args.batch_wait_ms, max_queue=args.queue_size,
-                     reload_interval=args.reload_seconds, device=args.device)
+                     reload_interval=args.reload_seconds, device=args.device, runtime=args.runtime)
     print(f"serving {args.index} ({index.count} images, generation {index.info()['generation']}) on "
           f"http://{args.host}:{args.port}/  (Ctrl-C stops; /ready answers 200 once the model is loaded)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -393,6 +393,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 # --- parser ---------------------------------------------------------------------
 
 
+SERVE_RUNTIMES = ("auto", "pytorch", "onnxruntime")  # dahp.hasher.RUNTIMES, which would load torch here
 SOURCE_HELP = ("'digits' (embedded), an image folder ROOT/<class>/<image>, a .tar.gz of one, a CIFAR-10 "
                "python-batches directory, 'cifar10' (download), a list file (.txt: 'path 0 1 0 ...') or a .csv")
 
@@ -575,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-mb", type=float, default=serving.MAX_UPLOAD_BYTES / 2**20,
                        help="larger uploads get HTTP 413")
     serve.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    serve.add_argument("--runtime", choices=SERVE_RUNTIMES, default="auto",
+                       help="what runs the network: auto = onnxruntime on the CPU when installed (it runs without "
+                            "Python's GIL, so request handling does not stall it), else pytorch")
     serve.add_argument("--batch-size", type=positive_int, default=serving.MAX_BATCH,
                        help="most concurrent queries encoded in one forward pass")
     serve.add_argument("--batch-wait-ms", type=non_negative_float, default=serving.MAX_WAIT_MS,

@@ -135,6 +135,19 @@ def _verify(serialised: bytes, encoder: nn.Module, pack: bool, image_size: int, 
     return difference
 
 
+def onnx_session(network: nn.Module, bits: int, image_size: int, opset: int = 17) -> Any:
+    """An ONNX Runtime session of ``network``'s encoder, checked against PyTorch as an export is.
+
+    Inputs ``images`` (normalised NCHW float32), outputs ``codes`` (packed) and ``hash_values``.
+    Used by :class:`dahp.models.inference.OnnxRuntimeNetwork` to encode without Python's GIL.
+    """
+    _, onnxruntime = _require_onnx()
+    encoder = _encoder(network, bits, pack=True)
+    serialised = _trace(encoder, image_size, opset)
+    _verify(serialised, encoder, True, image_size, onnxruntime)
+    return onnxruntime.InferenceSession(serialised, providers=["CPUExecutionProvider"])
+
+
 def export_onnx(model_path: str | Path, out_path: str | Path, opset: int = 17, pack: bool = True) -> dict[str, Any]:
     """Write the model's encoder (images -> codes, hash_values) as a checked ONNX file; returns a summary."""
     from .hasher import DeepHasher

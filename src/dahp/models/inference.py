@@ -185,3 +185,28 @@ def _replace(root: nn.Module, qualified_name: str, replacement: nn.Module) -> No
     parent_name, _, name = qualified_name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, name, replacement)
+
+
+class OnnxRuntimeNetwork(nn.Module):
+    """A network's forward pass run by ONNX Runtime on the CPU: the same outputs, to float rounding.
+
+    Why: PyTorch's eager forward takes Python's GIL between its operators, so beside a thread
+    that runs Python (a web server's event loop, parsing requests) each operator waits for the
+    GIL. ``benchmarks/encoding_backends.py`` measured the ``cpu-transfer`` network at batch 8:
+    PyTorch 172 img/s alone and 8 beside a busy Python thread, ONNX Runtime 208 and 90 (the busy
+    thread takes one of the two cores); ONNX Runtime runs the whole graph without the GIL.
+    The graph is traced from an eval-mode copy of ``model`` and checked against PyTorch on a
+    probe batch before it is used (:func:`dahp.export.onnx_session`); needs ``dahp[onnx]``.
+    """
+
+    def __init__(self, model: nn.Module, bits: int, image_size: int) -> None:
+        from ..export import INPUT_NAME, OUTPUT_NAMES, onnx_session
+
+        super().__init__()
+        self._session = onnx_session(copy.deepcopy(model).eval(), bits, image_size)
+        self._input, self._output = INPUT_NAME, OUTPUT_NAMES[1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Real-valued outputs for normalised NCHW images (any memory format)."""
+        (values,) = self._session.run([self._output], {self._input: images.detach().cpu().contiguous().numpy()})
+        return torch.from_numpy(values)

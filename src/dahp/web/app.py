@@ -69,19 +69,21 @@ def _decoded(source: str | Path | IO[bytes], size: int, name: str) -> np.ndarray
 def create_app(index: Index, max_upload_bytes: int = settings.MAX_UPLOAD_BYTES, full_paths: bool = False, *,
                max_batch: int = settings.MAX_BATCH, max_wait_ms: float = settings.MAX_WAIT_MS,
                max_queue: int = settings.MAX_QUEUE, reload_interval: float = settings.RELOAD_SECONDS,
-               device: str = "auto") -> FastAPI:
+               device: str = "auto", runtime: str = "auto") -> FastAPI:
     """The web app over an opened index.
 
     ``full_paths`` shows each item's absolute path on the server. Searches are encoded on
-    ``device`` in batches of up to ``max_batch`` queries, a query waiting at most ``max_wait_ms``
-    for others being decoded; ``max_queue`` bounds the search requests in the server. Every
+    ``device`` in batches of up to ``max_batch`` queries by ``runtime`` (``auto``: ONNX Runtime on
+    the CPU when installed, which runs the network without Python's GIL, so the event loop's
+    work does not stall the encoder; see :func:`dahp.hasher.resolve_runtime`), a query waiting at
+    most ``max_wait_ms`` for others being decoded; ``max_queue`` bounds the search requests in the server. Every
     ``reload_interval`` seconds (0: never) the app looks for a newer committed generation. The
     app loads later generations itself: do not ``add`` to ``index`` while it serves (another
     ``Index`` object or process may). Threads start and stop with the app's lifespan (uvicorn
     runs it; with Starlette's TestClient, use it as a context manager).
     """
     batcher = SearchBatcher(max_batch, max_wait_ms / 1000, max_queue)
-    live = LiveIndex(index, device, reload_interval)
+    live = LiveIndex(index, device, reload_interval, runtime)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -136,7 +138,8 @@ def create_app(index: Index, max_upload_bytes: int = settings.MAX_UPLOAD_BYTES, 
     async def health() -> dict[str, Any]:
         """Liveness: always 200, with the generation served, the queue and the batches so far."""
         return {"status": "ok", "ready": live.snapshot is not None, "index": live.summary(),
-                "queue": {"depth": batcher.depth, "limit": batcher.max_queue}, "batching": batcher.stats()}
+                "queue": {"depth": batcher.depth, "limit": batcher.max_queue},
+                "batching": batcher.stats() | {"runtime": live.runtime}}
 
     @app.get("/ready")
     async def ready() -> JSONResponse:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DahpError
-from ..hasher import MODEL_FILE, DeepHasher
+from ..hasher import MODEL_FILE, DeepHasher, resolve_runtime
 from ..index import Hit, Index
 from ..index.manifest import MANIFEST_FILE, read_manifest
 
@@ -81,13 +81,15 @@ class LiveIndex:
     generation with the same model fingerprint, so a switch costs no model load.
     """
 
-    def __init__(self, index: Index, device: str = "auto", reload_interval: float = 1.0) -> None:
+    def __init__(self, index: Index, device: str = "auto", reload_interval: float = 1.0,
+                 runtime: str = "auto") -> None:
         if isinstance(reload_interval, bool) or not isinstance(reload_interval, int | float) or not reload_interval >= 0:
             raise DahpError(f"reload_interval must be a number of seconds >= 0, got {reload_interval!r}")
         self.path = index.path
         self._first: Index | None = index  # until its snapshot is made: then only the snapshot holds it
         self._first_summary = _summary(index)
         self._device = device
+        self.runtime = resolve_runtime(runtime, device)
         self._interval = float(reload_interval)
         self._snapshot: Snapshot | None = None
         self._manifest_seen: tuple[int, int, int] | None = None
@@ -161,7 +163,7 @@ class LiveIndex:
     def _encoder(self, index: Index) -> DeepHasher:
         """The index's model, checked against its manifest and warmed up by one forward pass (so that
         first-call set-up does not land on the first query)."""
-        hasher = DeepHasher.load(index.path / MODEL_FILE, device=self._device)
+        hasher = DeepHasher.load(index.path / MODEL_FILE, device=self._device, runtime=self.runtime)
         if hasher.fingerprint_ != index.info()["model_fingerprint"]:
             raise DahpError(f"{index.path / MODEL_FILE} is not the model the index manifest names "
                             "(replaced by a rebuild while loading?)")
