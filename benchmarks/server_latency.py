@@ -164,7 +164,7 @@ def main() -> None:
               f"{hasher.preprocess.image_size} px; query {side}x{side} PNG; server runtime "
               f"{resolve_runtime(args.runtime, 'cpu')}")
 
-        runtimes = [name for name in RUNTIMES if resolve_runtime("auto", "cpu") == "onnxruntime" or name == "pytorch"]
+        runtimes = ["pytorch"] + (["onnxruntime"] if resolve_runtime("auto", "cpu") == "onnxruntime" else [])
         alone = {}
         for runtime in runtimes:
             hasher = DeepHasher.load(index_dir / MODEL_FILE, device="cpu", runtime=runtime)
