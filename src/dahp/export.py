@@ -135,17 +135,21 @@ def _verify(serialised: bytes, encoder: nn.Module, pack: bool, image_size: int, 
     return difference
 
 
-def onnx_session(network: nn.Module, bits: int, image_size: int, opset: int = 17) -> Any:
+def onnx_session(network: nn.Module, bits: int, image_size: int, spinning: bool = False, opset: int = 17) -> Any:
     """An ONNX Runtime session of ``network``'s encoder, checked against PyTorch as an export is.
 
     Inputs ``images`` (normalised NCHW float32), outputs ``codes`` (packed) and ``hash_values``.
     Used by :class:`dahp.models.inference.OnnxRuntimeNetwork` to encode without Python's GIL.
+    ``spinning`` keeps ONNX Runtime's default of worker threads that spin for more work after
+    each run; off, they sleep at once and leave the cores to the rest of the process.
     """
     _, onnxruntime = _require_onnx()
     encoder = _encoder(network, bits, pack=True)
     serialised = _trace(encoder, image_size, opset)
     _verify(serialised, encoder, True, image_size, onnxruntime)
-    return onnxruntime.InferenceSession(serialised, providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return onnxruntime.InferenceSession(serialised, options, providers=["CPUExecutionProvider"])
 
 
 def export_onnx(model_path: str | Path, out_path: str | Path, opset: int = 17, pack: bool = True) -> dict[str, Any]:

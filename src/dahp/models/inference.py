@@ -197,6 +197,8 @@ class OnnxRuntimeNetwork(nn.Module):
     thread takes one of the two cores); ONNX Runtime runs the whole graph without the GIL.
     The graph is traced from an eval-mode copy of ``model`` and checked against PyTorch on a
     probe batch before it is used (:func:`dahp.export.onnx_session`); needs ``dahp[onnx]``.
+    Its worker threads do not spin between runs (ONNX Runtime's default), since what runs
+    beside it (decoding, HTTP) needs those cores.
     """
 
     def __init__(self, model: nn.Module, bits: int, image_size: int) -> None:
