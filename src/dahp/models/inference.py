@@ -192,13 +192,14 @@ class OnnxRuntimeNetwork(nn.Module):
 
     Why: PyTorch's eager forward takes Python's GIL between its operators, so beside a thread
     that runs Python (a web server's event loop, parsing requests) each operator waits for the
-    GIL. ``benchmarks/encoding_backends.py`` measured the ``cpu-transfer`` network at batch 8:
-    PyTorch 172 img/s alone and 8 beside a busy Python thread, ONNX Runtime 208 and 90 (the busy
-    thread takes one of the two cores); ONNX Runtime runs the whole graph without the GIL.
+    GIL. ``benchmarks/encoding_backends.py`` measured the ``cpu-transfer`` network at batch 8
+    on 2 cores: PyTorch 179 img/s alone and 13 beside a busy Python thread, ONNX Runtime 179
+    and 125 (the busy thread takes one of the cores); it runs the whole graph without the GIL.
     The graph is traced from an eval-mode copy of ``model`` and checked against PyTorch on a
     probe batch before it is used (:func:`dahp.export.onnx_session`); needs ``dahp[onnx]``.
-    Its worker threads do not spin between runs (ONNX Runtime's default), since what runs
-    beside it (decoding, HTTP) needs those cores.
+    Its worker threads sleep between runs instead of spinning (ONNX Runtime's default), since
+    what runs beside it (decoding, HTTP) needs those cores: spinning, the same measurement
+    beside Python gave 69 img/s.
     """
 
     def __init__(self, model: nn.Module, bits: int, image_size: int) -> None:
