@@ -251,6 +251,7 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
     shipped = json.loads(json.dumps(settings(Budget.load("cpu-transfer").to_dict())))
     assert shipped["train"]["frozen_batch_norm"] and shipped["train"]["backbone_lr_scale"] == 0.02
     assert recorded("cpu-transfer-fbn-slow-backbone") == shipped
+    assert recorded("cpu-transfer-table-iii") == shipped  # the ablation, beside the headline run
     assert settings(Budget.load(str(BUDGETS / "cpu-transfer-fbn-slow-backbone.json")).to_dict()) == shipped
     small = {**shipped, "protocol": "per-class", "protocol_parameters": {"query_per_class": 100, "train_per_class": 20}}
     assert recorded("cpu-transfer-fbn-slow-backbone-20-per-class") == small
