@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dahp.cli import main
+from dahp.cli import SERVE_RUNTIMES, main
 from dahp.data import load_digits
-from dahp.hasher import MODEL_FILE
+from dahp.hasher import MODEL_FILE, RUNTIMES
 from dahp.serialization import MAGIC
 
 TINY_TRAIN = ["--bits", "16", "--small-stem", "--output-stride", "4", "--hidden-dim", "64", "--batch-size", "32",
@@ -279,7 +279,7 @@ def test_train_help_shows_every_default(capsys):
                           "--cache-dir CACHE_DIR where decoded archives are cached", "oversized images"]),
     (["evaluate"], ["--cache-dir CACHE_DIR where decoded archives are cached", "--workers WORKERS image-decoding "
                     "processes (default: 0)"]),
-    (["serve"], ["--port PORT TCP port (default: 8000)"]),
+    (["serve"], ["--port PORT TCP port (default: 8000)", "--runtime {auto,pytorch,onnxruntime}", "(default: auto)"]),
     (["benchmark"], ["cpu-transfer", "(default: smoke)"]),
 ])
 def test_every_command_shows_its_defaults_and_words_shared_options_alike(capsys, command, shown):
@@ -299,3 +299,7 @@ def test_resume_says_where_it_continues(tmp_path, capsys):
     assert f"resuming from {tmp_path / 'run' / 'checkpoint.dahp'} after epoch 1 of 2" in out
     assert "backbone: restored from the checkpoint (at the start: random init" in out
     assert "epoch 2:" in out
+
+
+def test_serve_offers_every_runtime_the_hasher_knows():
+    assert SERVE_RUNTIMES == ("auto", *RUNTIMES)
