@@ -35,6 +35,7 @@ def _measure(train_batch: int, encode_batch: int, images: int) -> dict[str, dict
     from dahp.benchmark import Budget
     from dahp.models import HashingNetwork
     from dahp.models.inference import inference_copy
+    from dahp.training import keep_batch_norm_statistics
 
     budget = Budget.load("cpu-transfer")
     torch.manual_seed(0)
@@ -53,9 +54,7 @@ def _measure(train_batch: int, encode_batch: int, images: int) -> dict[str, dict
                 "faults_per_image": (after.ru_minflt - before.ru_minflt) / done}
 
     net.train()
-    for module in net.backbone.modules():  # as training with frozen_batch_norm: the hash outputs' stays in training
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.eval()
+    keep_batch_norm_statistics(net.backbone)  # as training with frozen_batch_norm: the hash outputs' stays in training
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     train_images = torch.randn(train_batch, 3, size, size)
 

@@ -167,7 +167,8 @@ def main() -> None:
         runtimes = ["pytorch"] + (["onnxruntime"] if resolve_runtime("auto", "cpu") == "onnxruntime" else [])
         alone = {}
         for runtime in runtimes:
-            hasher = DeepHasher.load(index_dir / MODEL_FILE, device="cpu", runtime=runtime)
+            if runtime != hasher.runtime:  # the one loaded above is PyTorch's
+                hasher = DeepHasher.load(index_dir / MODEL_FILE, device="cpu", runtime=runtime)
             alone[runtime] = _encoder_rates(hasher, query, args.batch, min(args.seconds, 10.0))
             batched, encoder_cores, single = alone[runtime]
             print(f"{'encoder alone (' + runtime + '), batches of ' + str(args.batch):34s} {batched:8.1f} images/s on "

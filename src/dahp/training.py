@@ -197,6 +197,14 @@ def augment_batch(
     return torch.stack([padded[i, :, y : y + height, x : x + width] for i, (y, x) in enumerate(offsets)])
 
 
+def keep_batch_norm_statistics(module: nn.Module) -> None:
+    """Put every BatchNorm layer inside ``module`` in eval mode: it normalises by its running
+    statistics and stops updating them, while the rest of ``module`` stays in training mode."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.eval()
+
+
 @dataclass
 class Trainer:
     """Trains a hashing network against anchors on one collection; checkpoints each epoch.
@@ -293,9 +301,7 @@ class Trainer:
             self.model.backbone.eval()
             frozen_backbone = inference_copy(self.model.backbone)  # the same features, about 2x faster
         elif self.config.frozen_batch_norm:  # and while the backbone is fine-tuned: its features stay comparable
-            for module in self.model.backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+            keep_batch_norm_statistics(self.model.backbone)
         if self.companion is not None:
             self.companion.train()
         plan, mine = self._shards(epoch_order(len(data), self.config.seed, epoch))
