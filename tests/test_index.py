@@ -29,10 +29,12 @@ from dahp.index.ingest import IngestOptions, encode_shard, work_folder
 from dahp.index.manifest import MANIFEST_FILE, sha256_file
 from dahp.index.metadata import Metadata
 from dahp.index.sharding import Shard
+from dahp.index.store import tie_order
 from dahp.models import ModelConfig
 from dahp.training import TrainConfig
 
 DIGITS = 1797
+DIGITS_ORDER = tie_order(DIGITS)  # item id i of an index of all digits is image DIGITS_ORDER[i]
 
 
 # --- fixtures -----------------------------------------------------------------------
@@ -72,6 +74,12 @@ def digits_index(model_path, tmp_path_factory):
 @pytest.fixture(scope="module")
 def digits_codes(hasher):
     return hasher.encode(load_digits())
+
+
+@pytest.fixture(scope="module")
+def digits_by_id(digits_codes):
+    """The digits' codes in the order the digits index numbers them."""
+    return digits_codes[DIGITS_ORDER]
 
 
 @pytest.fixture(scope="module")
@@ -180,19 +188,20 @@ def test_engine_save_load_round_trip_and_refuses_other_files(tmp_path):
 # --- building and searching ------------------------------------------------------------
 
 
-def test_digits_index_searches_like_brute_force(digits_index, digits_codes):
+def test_digits_index_searches_like_brute_force(digits_index, digits_codes, digits_by_id):
     rng = np.random.default_rng(1)
     queries = np.vstack([digits_codes[::300], random_codes(rng, 3, 16)])
     for k in (1, 10, 50, DIGITS + 5):
-        assert pairs(digits_index.search(queries, k=k)) == brute_force(queries, digits_codes, k=k)
-        assert pairs(digits_index.search(queries[:1], k=k)) == brute_force(queries[:1], digits_codes, k=k)
+        assert pairs(digits_index.search(queries, k=k)) == brute_force(queries, digits_by_id, k=k)
+        assert pairs(digits_index.search(queries[:1], k=k)) == brute_force(queries[:1], digits_by_id, k=k)
     for radius in (0, 1, 2, 5, 16):
         assert pairs(digits_index.search(queries, k=None, radius=radius)) == \
-            brute_force(queries, digits_codes, radius=radius)
+            brute_force(queries, digits_by_id, radius=radius)
         assert pairs(digits_index.search(queries, k=4, radius=radius)) == \
-            brute_force(queries, digits_codes, k=4, radius=radius)
+            brute_force(queries, digits_by_id, k=4, radius=radius)
     hit = digits_index.search(digits_codes[7:8], k=1)[0][0]
-    assert hit.path == f"digits[{hit.id}]" and hit.label == str(load_digits().labels[hit.id].argmax())
+    image = DIGITS_ORDER[hit.id]
+    assert hit.path == f"digits[{image}]" and hit.label == str(load_digits().labels[image].argmax())
     assert digits_index.search(np.zeros((0, 2), np.uint8)) == []
 
 
@@ -216,11 +225,12 @@ def test_info_items_and_thumbnails(digits_index, hasher):
     for record in info["files"].values():
         assert sha256_file(digits_index.path / record["name"]) == record["sha256"]
     assert datetime.fromisoformat(info["created"]).utcoffset().total_seconds() == 0
-    items = digits_index.items([5, 0])
-    assert [item.id for item in items] == [5, 0] and items[0].path == "digits[5]" and items[0].label == "5"
+    items, image = digits_index.items([5, 0]), DIGITS_ORDER[5]
+    assert [item.id for item in items] == [5, 0] and items[0].path == f"digits[{image}]"
+    assert items[0].label == str(load_digits().labels[image].argmax())
     assert items[0].has_thumbnail and items[0].added == info["created"]
     with Image.open(io.BytesIO(digits_index.thumbnail(5))) as thumbnail:
-        assert np.array_equal(np.asarray(thumbnail.convert("RGB")), load_digits().images[5])
+        assert np.array_equal(np.asarray(thumbnail.convert("RGB")), load_digits().images[image])
     with pytest.raises(DahpError, match=r"no item 1797 in index .*: its ids are 0..1796"):
         digits_index.items([3, DIGITS])
     with pytest.raises(DahpError, match="item id must be an integer >= 0, got -1"):
@@ -229,10 +239,10 @@ def test_info_items_and_thumbnails(digits_index, hasher):
 
 def test_folder_index_search_images_add_and_multi_labels(folder, model_path, hasher, tmp_path):
     index = Index.build(model_path, str(folder / "folder"), tmp_path / "index", device="cpu", progress=False)
-    files = sorted((folder / "folder").rglob("*.png"))
+    files, order = sorted((folder / "folder").rglob("*.png")), tie_order(24)
     assert index.count == 24
     item = index.items([0])[0]
-    assert item.path == str(folder / "folder" / "0" / "0.png") and item.label == "0" and not item.has_thumbnail
+    assert item.path == str(files[order[0]]) and item.label == files[order[0]].parent.name and not item.has_thumbnail
     assert index.thumbnail(0) is None
     queries = [files[3], str(files[20]), io.BytesIO(files[9].read_bytes())]
     codes = hasher.encode_images([files[3], files[20], files[9]])
@@ -243,15 +253,32 @@ def test_folder_index_search_images_add_and_multi_labels(folder, model_path, has
 
     added = index.add(str(folder / "labels.csv"), progress=False, model=model_path)
     assert added == 24 and index.count == 48
-    everything = np.vstack([hasher.encode_images(files), hasher.encode_images(files)])
+    everything = np.vstack([hasher.encode_images(files)[order]] * 2)  # each source numbered in its own shuffle
     assert pairs(index.search(codes, k=30)) == brute_force(codes, everything, k=30)
-    assert [item.label for item in index.items([24, 40])] == ["even|small", "even"]
+    digits = [int(files[order[i]].parent.name) for i in (0, 16)]
+    assert [item.label for item in index.items([24, 40])] == \
+        ["|".join(name for name, kept in (("even", d % 2 == 0), ("small", d < 2)) if kept) for d in digits]
     info = index.info()
     assert info["generation"] == 2 and [source["added"] for source in info["sources"]] == [24, 24]
     assert sorted(path.name for path in index.path.iterdir()) == \
         [".lock", "faiss-000002.index", MANIFEST_FILE, "metadata-000002.sqlite", "model.dahp"]
     reloaded = Index.load(index.path, device="cpu")
     assert reloaded.info() == info and reloaded.search(codes, k=30) == index.search(codes, k=30)
+
+
+def test_equally_near_hits_come_from_every_folder_not_the_first_listed(model_path, tmp_path):
+    """Ties are ordered by id, and a build numbers its images in a fixed shuffle, not folder by folder."""
+    image = load_digits().images[0]
+    for folder_name in ("a", "b"):  # 20 copies of one image: one code, 20 items at distance 0 from it
+        (tmp_path / "tree" / folder_name).mkdir(parents=True)
+        for n in range(10):
+            Image.fromarray(image).save(tmp_path / "tree" / folder_name / f"{n}.png")
+    index = Index.build(model_path, str(tmp_path / "tree"), tmp_path / "index", device="cpu", progress=False)
+    hits = index.search_images([tmp_path / "tree" / "a" / "0.png"], k=6)[0]
+    assert {hit.distance for hit in hits} == {0}
+    assert {hit.label for hit in hits} == {"a", "b"}  # in listing order all six would be folder a's
+    order = tie_order(1000)
+    assert np.array_equal(np.sort(order), np.arange(1000)) and np.array_equal(order, tie_order(1000))
 
 
 def test_skip_bad_images_are_left_out_and_listed(folder, model_path, tmp_path):
@@ -297,9 +324,10 @@ def test_padding_bits_must_be_zero(folder, tmp_path):
     index = Index.build(tmp_path / "run12" / "model.dahp", str(folder / "folder"), tmp_path / "index", device="cpu",
                         progress=False)
     codes = hasher.encode_images(sorted((folder / "folder").rglob("*.png")))
+    by_id = codes[tie_order(len(codes))]
     assert index.info()["backend"]["padded_bytes"] == 4 and index.info()["code_bytes"] == 2
-    assert pairs(index.search(codes[:4], k=9)) == brute_force(codes[:4], codes, k=9)
-    assert pairs(index.search(codes[:4], k=None, radius=3)) == brute_force(codes[:4], codes, radius=3)
+    assert pairs(index.search(codes[:4], k=9)) == brute_force(codes[:4], by_id, k=9)
+    assert pairs(index.search(codes[:4], k=None, radius=3)) == brute_force(codes[:4], by_id, radius=3)
     with pytest.raises(DahpError, match="bits set past bit 12 .* 4 padding bits"):
         index.search(codes[:2] | np.array([0, 1], np.uint8))
 

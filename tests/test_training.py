@@ -113,6 +113,61 @@ def test_a_loss_with_a_companion_module_refuses_torchrun(monkeypatch):
                 torch.device("cpu"), progress=False)
 
 
+def _one_step_with_a_current_memory(data, micro_batch_size):
+    """A network after one optimiser step on the whole of ``data``, the memory of training codes
+    filled beforehand with the codes the network gives now (so no row of it is stale)."""
+    from dahp.data import iterate_batches
+
+    torch.manual_seed(0)
+    # No layer normalises by batch statistics: the backbone's BatchNorm is kept on its
+    # running statistics, and the head has neither the reduction, the attention nor hash_norm.
+    model = HashingNetwork(ModelConfig(bits=16, output_stride=4, small_stem=True, hidden_dim=64, attention=False))
+    anchors = torch.where(torch.rand(10, 16) > 0.5, 1.0, -1.0)
+    config = TrainConfig(epochs=1, batch_size=len(data), lr=0.05, frozen_batch_norm=True,
+                         micro_batch_size=micro_batch_size)
+    trainer = Trainer(model, anchors, default_preprocess("digits"), config, torch.device("cpu"), progress=False)
+    images, _ = next(iterate_batches(data, np.arange(len(data)), len(data), default_preprocess("digits")))
+    model.eval()
+    with torch.no_grad():
+        trainer.memory = trainer.loss.activate(model(images), 0)
+    initial = model.hash_layer.weight.detach().clone()
+    trainer.fit(data)
+    assert not torch.allclose(model.hash_layer.weight, initial)  # the step moved the weights
+    return model, trainer.history[0]["loss"]
+
+
+def test_micro_batches_add_up_to_the_whole_batchs_step(small_digits):
+    whole, whole_loss = _one_step_with_a_current_memory(small_digits, None)
+    chunked, chunked_loss = _one_step_with_a_current_memory(small_digits, 48)  # 200 rows: 5 chunks of 40
+    assert chunked_loss == pytest.approx(whole_loss, rel=1e-5)
+    for (name, value), other in zip(whole.state_dict().items(), chunked.state_dict().values()):
+        assert torch.allclose(value, other, atol=1e-6), name
+
+
+def test_micro_batches_never_leave_one_image_alone(small_digits):
+    anchors = torch.where(torch.rand(10, 16) > 0.5, 1.0, -1.0)
+    trainer = Trainer(HashingNetwork(SMALL_MODEL), anchors, default_preprocess("digits"),
+                      TrainConfig(batch_size=32, micro_batch_size=16), torch.device("cpu"), progress=False)
+    assert [len(chunk) for chunk in trainer._chunks(32)] == [16, 16]
+    assert [len(chunk) for chunk in trainer._chunks(17)] == [9, 8]  # not 16 + 1: BatchNorm needs two
+    assert [len(chunk) for chunk in trainer._chunks(3)] == [3]
+    hasher = _hasher(epochs=2, micro_batch_size=7).fit(small_digits)  # 200 = 6 x 32 + 8, chunks of 7, 6 and 4
+    assert np.isfinite([record["loss"] for record in hasher.history_]).all()
+
+
+def test_micro_batch_settings_are_checked(monkeypatch):
+    with pytest.raises(DahpError, match=r"--micro-batch-size must be >= 2 and at most --batch-size \(32\)"):
+        TrainConfig(batch_size=32, micro_batch_size=64)
+    with pytest.raises(DahpError, match="--micro-batch-size needs --pairs memory"):
+        TrainConfig(batch_size=32, micro_batch_size=8, pairs="batch")
+    from dahp import distributed
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "wrap_model", lambda model, device: model)
+    with pytest.raises(DahpError, match="--micro-batch-size trains in one process"):
+        Trainer(HashingNetwork(SMALL_MODEL), torch.where(torch.rand(10, 16) > 0.5, 1.0, -1.0),
+                default_preprocess("digits"), TrainConfig(micro_batch_size=8), torch.device("cpu"), progress=False)
+
 @pytest.mark.slow
 def test_sigkill_during_training_then_resume(tmp_path):
     """A run killed with SIGKILL resumes from its last checkpoint to the uninterrupted result."""

@@ -159,7 +159,7 @@ def cmd_methods(args: argparse.Namespace) -> None:
 MODEL_OPTIONS = ("backbone", "output_stride", "small_stem", "attention", "hidden_dim", "hash_norm", "head_channels")
 TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "schedule", "anchor_weight",
                  "quantization_weight", "pairs", "augment", "workers", "frozen_epochs", "backbone_lr_scale",
-                 "frozen_batch_norm", "min_steps")
+                 "frozen_batch_norm", "min_steps", "micro_batch_size")
 
 
 def _given(args: argparse.Namespace, options: tuple[str, ...]) -> dict[str, object]:
@@ -493,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "other images shift every feature the head learned on the frozen backbone)")
     option("--min-steps", type=non_negative_int,
            help="raise the epochs so a small training set still gets this many optimiser steps")
+    option("--micro-batch-size", type=positive_int, shown="the whole batch",
+           help="run each batch's forward and backward in chunks of this many images, adding up their "
+                "gradients for one step (faster on a CPU; needs --pairs memory)")
     train.add_argument("--method", default="dahp", help="loss and network variant (list them: dahp methods); default dahp")
     option("--anchor-weight", type=float, shown="the method's (DAHP 0.05)", help="lambda of DAHP's anchor loss (0: off)")
     option("--quantization-weight", type=float, shown="the method's published value",

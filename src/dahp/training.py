@@ -54,6 +54,14 @@ class TrainConfig:
     weights; ``backbone_lr_scale`` then fine-tunes the backbone at ``lr`` times that scale;
     ``min_steps`` raises the epochs so a small training set still gets that many
     optimiser steps (:meth:`sized_for`): 4 epochs of 200 images are 8 steps.
+    ``micro_batch_size`` runs each batch's forward and backward passes in chunks of that
+    many images and adds up their gradients before the one optimiser step: on a CPU a
+    smaller chunk's activations stay in cache and need fewer fresh pages, so the same step
+    runs faster (docs/retrieval-quality.md). It is the whole batch's step up to two things:
+    layers that normalise by batch statistics (the hash outputs' BatchNorm; the backbone's
+    too unless ``frozen_batch_norm``) see each chunk's, and the memory of training codes
+    holds the later chunks' codes from their previous visit. Pairs within a batch need the
+    whole batch at once, so it needs ``pairs="memory"``, and one process.
     ``frozen_batch_norm`` keeps the backbone's BatchNorm layers in eval mode while it is
     fine-tuned: their running statistics stay the pretrained ones (their scale and shift
     still train), so the first fine-tuning step sees the features the head learned on. The
@@ -80,6 +88,7 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0
     frozen_batch_norm: bool = False
     min_steps: int = 0
+    micro_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -99,6 +108,10 @@ class TrainConfig:
             (self.backbone_lr_scale >= 0 and math.isfinite(self.backbone_lr_scale),
              f"--backbone-lr-scale must be a number >= 0, got {self.backbone_lr_scale}"),
             (self.min_steps >= 0, f"--min-steps must be >= 0, got {self.min_steps}"),
+            (self.micro_batch_size is None or 2 <= self.micro_batch_size <= self.batch_size,
+             f"--micro-batch-size must be >= 2 and at most --batch-size ({self.batch_size}), got {self.micro_batch_size}"),
+            (self.micro_batch_size in (None, self.batch_size) or self.pairs == "memory",
+             f"--micro-batch-size needs --pairs memory (pairs within a batch need the whole batch), got --pairs {self.pairs}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -242,6 +255,8 @@ class Trainer:
         backbone_parameters = list(backbone.parameters()) if backbone is not None else []
         in_backbone = {id(parameter) for parameter in backbone_parameters}
         parameters = [p for p in self.model.parameters() if id(p) not in in_backbone]
+        if self.config.micro_batch_size is not None and self.world > 1:
+            raise DahpError("--micro-batch-size trains in one process; under torchrun leave it out")
         if self.config.frozen_epochs and (backbone is None or self.world > 1):
             raise DahpError("--frozen-epochs needs a network with a backbone, trained in one process (not under torchrun)")
         if self.companion is not None:
@@ -297,6 +312,7 @@ class Trainer:
     def _run_epoch(self, epoch: int, data: ImageCollection, labels: torch.Tensor, targets: torch.Tensor) -> None:
         frozen = epoch < self.config.frozen_epochs
         self.network.train()
+        frozen_backbone = None
         if frozen:  # pretrained BatchNorm statistics stay as they are while the head learns
             self.model.backbone.eval()
             frozen_backbone = inference_copy(self.model.backbone)  # the same features, about 2x faster
@@ -321,39 +337,27 @@ class Trainer:
                 images = augment_batch(
                     images, self.config.augment, torch.Generator().manual_seed(step_seed), rows, len(batch)
                 )
-            index, batch_index = torch.from_numpy(indices).to(self.device), torch.from_numpy(batch).to(self.device)
             images = images.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                if frozen:
-                    with torch.no_grad():
-                        features = frozen_backbone(images)
-                    outputs = self.model.head(features.contiguous())
-                else:
-                    outputs = self.network(images)
-            codes = self.loss.activate(outputs.float(), global_step)
-            if self.memory is not None:  # every rank stores the whole batch's codes, as one process would
-                self.memory[batch_index] = distributed.gather_rows(codes.detach(), sizes)
-                inputs = LossInputs(codes, labels[index], targets[index], self.memory, labels, global_step, images)
-            else:  # this shard's rows against the whole batch, with gradients to every rank's codes
-                paired = distributed.gather_rows(codes, sizes)
-                inputs = LossInputs(codes, labels[index], targets[index], paired, labels[batch_index], global_step,
-                                    images)
-            loss, parts = self.loss(inputs)
-            # Losses are means over images, so the ranks' losses weighted by their shard's share
-            # of the batch add up to the batch's mean loss (logged below). DDP averages the
-            # gradients over ranks, hence the extra factor world: the step is the batch's.
-            share = len(indices) / len(batch)
-            logged = torch.tensor([*parts.values(), float(loss.detach())], dtype=torch.float64, device=self.device)
-            values = dict(zip([*parts, "loss"], distributed.sum_over_ranks(logged * share).tolist()))
-            if not math.isfinite(values["loss"]):
-                bar.close()
-                kept = f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path else "no checkpoint"
-                raise TrainingDiverged(
-                    f"loss became {values['loss']} at epoch {epoch + 1}, step {step + 1}; training stopped, "
-                    f"{kept} (untouched); try a lower --lr"
-                )
             self.optimizer.zero_grad(set_to_none=True)
-            (loss * (share * self.world)).backward()
+            values: dict[str, float] = {}
+            for chunk in self._chunks(len(indices)):
+                loss, parts = self._loss(images[chunk], indices[chunk], batch, sizes, labels, targets, global_step,
+                                         frozen_backbone)
+                # Losses are means over images, so the chunks' and ranks' losses weighted by their
+                # share of the batch add up to the batch's mean loss (logged below). DDP averages
+                # the gradients over ranks, hence the extra factor world: the step is the batch's.
+                share = len(indices[chunk]) / len(batch)
+                logged = torch.tensor([*parts.values(), float(loss.detach())], dtype=torch.float64, device=self.device)
+                for name, value in zip([*parts, "loss"], distributed.sum_over_ranks(logged * share).tolist()):
+                    values[name] = values.get(name, 0.0) + value
+                if not math.isfinite(values["loss"]):
+                    bar.close()
+                    kept = f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path else "no checkpoint"
+                    raise TrainingDiverged(
+                        f"loss became {values['loss']} at epoch {epoch + 1}, step {step + 1}; training stopped, "
+                        f"{kept} (untouched); try a lower --lr"
+                    )
+                (loss * (share * self.world)).backward()
             self.optimizer.step()
             seen += len(batch)
             for name, value in values.items():
@@ -365,6 +369,34 @@ class Trainer:
         record = {name: total / seen for name, total in totals.items()}
         record.update(epoch=epoch + 1, seconds=seconds, images_per_s=seen / seconds, lr=self.scheduler.get_last_lr()[-1])  # the new layers' (--lr)
         self.history.append(record)
+
+    def _chunks(self, rows: int) -> list[np.ndarray]:
+        """This shard's rows in chunks of at most ``micro_batch_size`` (nearly equal, none of
+        a single image, which the hash outputs' BatchNorm cannot normalise); one without it."""
+        micro = self.config.micro_batch_size or rows
+        return np.array_split(np.arange(rows), max(1, min(math.ceil(rows / micro), rows // 2)))
+
+    def _loss(
+        self, images: torch.Tensor, indices: np.ndarray, batch: np.ndarray, sizes: list[int], labels: torch.Tensor,
+        targets: torch.Tensor, global_step: int, frozen_backbone: nn.Module | None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of these rows of the batch (all of this rank's shard, or a micro-batch of it)."""
+        index, batch_index = torch.from_numpy(indices).to(self.device), torch.from_numpy(batch).to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            if frozen_backbone is not None:
+                with torch.no_grad():
+                    features = frozen_backbone(images)
+                outputs = self.model.head(features.contiguous())
+            else:
+                outputs = self.network(images)
+        codes = self.loss.activate(outputs.float(), global_step)
+        if self.memory is not None:  # every rank stores the whole batch's codes, as one process would
+            self.memory[index if self.world == 1 else batch_index] = distributed.gather_rows(codes.detach(), sizes)
+            inputs = LossInputs(codes, labels[index], targets[index], self.memory, labels, global_step, images)
+        else:  # this shard's rows against the whole batch, with gradients to every rank's codes
+            paired = distributed.gather_rows(codes, sizes)
+            inputs = LossInputs(codes, labels[index], targets[index], paired, labels[batch_index], global_step, images)
+        return self.loss(inputs)
 
     def save_checkpoint(self, epochs_done: int) -> None:
         assert self.checkpoint_path is not None

@@ -60,6 +60,7 @@ from .metadata import Item, Metadata
 from .sharding import DEFAULT_CHUNK_SIZE
 
 LOCK_FILE = ".lock"
+TIE_ORDER_SEED = 0
 _GENERATION_FILE = re.compile(r"^(\.?[a-z]+-\d{6}\.(index|sqlite).*|\.manifest\.json\..+\.tmp)$")
 
 
@@ -109,13 +110,16 @@ def _commit(directory: Path, manifest: dict[str, Any], engine: HammingEngine, in
     """Append the ingest's codes to ``engine``, write the next generation's files, and commit its manifest last."""
     codes = ingest.codes()
     first = engine.ntotal
-    engine.add(codes, np.arange(first, first + len(codes)))
+    order = tie_order(len(codes))
+    engine.add(codes[order], np.arange(first, first + len(codes)))
+    offsets = np.empty_like(order)
+    offsets[order] = np.arange(len(order))  # the listing's image j gets id first + offsets[j]
     generation = manifest["generation"] + 1
     engine_path = directory / f"{engine.name}-{generation:06d}.index"
     metadata_path = directory / f"metadata-{generation:06d}.sqlite"
     engine.save(engine_path)
-    rows = ((first + offset, path, label, now, thumbnail)
-            for offset, (path, label, thumbnail) in enumerate(ingest.entries()))
+    rows = ((first + int(offsets[position]), path, label, now, thumbnail)
+            for position, (path, label, thumbnail) in enumerate(ingest.entries()))
     Metadata.write(metadata_path, rows, base)
     source = {"spec": ingest.spec, "added": len(codes), "at": now,
               "skipped": [list(bad) for bad in ingest.data.skipped]}
@@ -129,6 +133,19 @@ def _commit(directory: Path, manifest: dict[str, Any], engine: HammingEngine, in
     }
     write_manifest(directory, committed)
     return committed
+
+
+def tie_order(count: int) -> np.ndarray:
+    """The images of one build or add, in the order they are numbered: ``order[i]`` is the listing
+    position of the image that gets the ``i``-th new id.
+
+    Why not the listing's own order: Hamming distance ties a lot (DAHP's anchor loss puts a
+    class on one code), and equally near hits come in id order. A listing walks class folders
+    one after another, so in listing order the first hits among equally near ones would
+    always come from the earliest folders. A fixed shuffle (seeded, so a rebuild, a resumed
+    build and a sharded one number the images alike) makes them an even sample of the tie.
+    """
+    return np.random.default_rng(TIE_ORDER_SEED).permutation(count)
 
 
 def _remove_orphans(directory: Path, manifest: dict[str, Any]) -> None:
