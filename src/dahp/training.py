@@ -371,8 +371,9 @@ class Trainer:
         self.history.append(record)
 
     def _chunks(self, rows: int) -> list[np.ndarray]:
-        """This shard's rows in chunks of at most ``micro_batch_size`` (nearly equal, none of
-        a single image, which the hash outputs' BatchNorm cannot normalise); one without it."""
+        """This shard's rows in nearly equal chunks of at most ``micro_batch_size`` rows, but never
+        a chunk of one image, which the hash outputs' BatchNorm cannot normalise (3 rows in
+        chunks of 2 stay one chunk); one chunk without ``micro_batch_size``."""
         micro = self.config.micro_batch_size or rows
         return np.array_split(np.arange(rows), max(1, min(math.ceil(rows / micro), rows // 2)))
 
