@@ -150,6 +150,8 @@ def main() -> None:
     parser.add_argument("--server-batch", type=int, default=None,
                         help="the server's --batch-size (default: its own default, 32)")
     parser.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto", help="the server's --runtime")
+    parser.add_argument("--server-wait-ms", type=float, default=None,
+                        help="the server's --batch-wait-ms (default: its own default)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -180,6 +182,7 @@ def main() -> None:
         port = _free_port()
         serve = [sys.executable, "-m", "dahp.cli", "serve", str(index_dir), "--port", str(port), "--device", "cpu"]
         serve += ["--runtime", args.runtime] + (["--batch-size", str(args.server_batch)] if args.server_batch else [])
+        serve += ["--batch-wait-ms", str(args.server_wait_ms)] if args.server_wait_ms is not None else []
         server = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}/search?k=20"
         try:

@@ -7,8 +7,10 @@ MAX_UPLOAD_BYTES = 10 * 2**20
 MAX_BATCH = 32
 """Most queries encoded in one forward pass."""
 
-MAX_WAIT_MS = 5.0
-"""Longest a query waits for others still being decoded to join its batch (a lone query never waits)."""
+MAX_WAIT_MS = 0.0
+"""Longest a query waits for others still being decoded to join its batch (a lone query never waits).
+0: under load batches form anyway, from the queries that arrive while one is encoded, and waiting
+for more cost 1.14-1.28x fewer requests/s with 16 clients (benchmarks/server_latency.py, docs/search.md)."""
 
 MAX_QUEUE = 128
 """Most search requests in the server at once (decoding, waiting or encoding); more get HTTP 503."""
