@@ -155,6 +155,27 @@ def test_micro_batches_never_leave_one_image_alone(small_digits):
     assert np.isfinite([record["loss"] for record in hasher.history_]).all()
 
 
+def _trained_with_layout(data, channels_last):
+    torch.manual_seed(0)
+    model = HashingNetwork(SMALL_MODEL)  # attention and hash outputs included
+    anchors = torch.where(torch.rand(10, 16) > 0.5, 1.0, -1.0)
+    trainer = Trainer(model, anchors, default_preprocess("digits"),
+                      TrainConfig(epochs=2, batch_size=50, lr=0.05, augment="flip-crop"), torch.device("cpu"),
+                      progress=False, channels_last=channels_last)
+    trainer.fit(data)
+    return model, trainer.history
+
+
+def test_channels_last_training_is_the_same_training(small_digits):
+    nchw, nchw_history = _trained_with_layout(small_digits, channels_last=False)
+    nhwc, nhwc_history = _trained_with_layout(small_digits, channels_last=True)
+    assert nhwc.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not nchw.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert [r["loss"] for r in nhwc_history] == pytest.approx([r["loss"] for r in nchw_history], rel=1e-4)
+    for (name, value), other in zip(nchw.state_dict().items(), nhwc.state_dict().values()):
+        assert torch.allclose(value, other, atol=1e-4), name
+
+
 def test_micro_batch_settings_are_checked(monkeypatch):
     with pytest.raises(DahpError, match=r"--micro-batch-size must be >= 2 and at most --batch-size \(32\)"):
         TrainConfig(batch_size=32, micro_batch_size=64)
