@@ -262,6 +262,8 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
     assert recorded("cpu-transfer-192px-14-epochs") == {**shipped_with(epochs=14, micro_batch_size=32), "image_size": 192}
     assert recorded("cpu-transfer-14-epochs-backbone-0.06") == \
         shipped_with(epochs=14, micro_batch_size=32, backbone_lr_scale=0.06)
+    assert recorded("cpu-transfer-14-epochs-backbone-0.06-20-per-class") == \
+        {**small, "train": recorded("cpu-transfer-14-epochs-backbone-0.06")["train"]}
     assert recorded("cpu-transfer-fbn-20-per-class") == {**small, "train": recorded("cpu-transfer-fbn")["train"]}
     for budget in ("cpu-transfer-mosaics", "cpu-transfer-fbn-slow-backbone-pairs"):  # other data, same recipe
         other = settings(Budget.load(str(BUDGETS / f"{budget}.json")).to_dict())
