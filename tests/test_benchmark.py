@@ -264,6 +264,9 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
         shipped_with(epochs=14, micro_batch_size=32, backbone_lr_scale=0.06)
     assert recorded("cpu-transfer-14-epochs-backbone-0.06-20-per-class") == \
         {**small, "train": recorded("cpu-transfer-14-epochs-backbone-0.06")["train"]}
+    many = recorded("cpu-transfer-14-epochs-backbone-0.06-pairs")
+    assert (many["model"], many["train"], many["image_size"]) == \
+        (shipped["model"], recorded("cpu-transfer-14-epochs-backbone-0.06")["train"], 160)
     assert recorded("cpu-transfer-fbn-20-per-class") == {**small, "train": recorded("cpu-transfer-fbn")["train"]}
     for budget in ("cpu-transfer-mosaics", "cpu-transfer-fbn-slow-backbone-pairs"):  # other data, same recipe
         other = settings(Budget.load(str(BUDGETS / f"{budget}.json")).to_dict())
