@@ -24,16 +24,15 @@ import numpy as np
 import torch
 
 from dahp.codes import pack_codes
-from dahp.data import ImageCollection, get_protocol, load_batches, load_source
+from dahp.data import ImageCollection, get_protocol, load_batches, load_source, split_batches
 from dahp.hasher import DeepHasher
 from dahp.metrics import mean_average_precision
 from dahp.models.inference import inference_copy
 
 
 def _outputs(network: torch.nn.Module, hasher: DeepHasher, data: ImageCollection, bfloat16: bool) -> np.ndarray:
-    batches = [np.arange(start, min(start + 256, len(data))) for start in range(0, len(data), 256)]
     outputs = []
-    for images, _ in load_batches(data, batches, hasher.preprocess):
+    for images, _ in load_batches(data, split_batches(np.arange(len(data)), 256), hasher.preprocess):
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
             outputs.append(network(images).float().numpy())
     return np.concatenate(outputs)
