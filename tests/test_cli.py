@@ -269,7 +269,7 @@ def test_train_help_shows_every_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for shown in ("--epochs EPOCHS default 50, or the budget's", "default constant, or the budget's",
                   "--output-stride {2,4,8,16,32} default 8", "default 0.04, or the budget's", "code length (default 48)",
-                  "--batch-size BATCH_SIZE default 128", "--augment {none,flip,flip-crop}"):
+                  "--batch-size BATCH_SIZE default 128", "--augment {none,flip,flip-crop,resized-crop}"):
         assert shown in text
 
 

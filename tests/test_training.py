@@ -1,3 +1,4 @@
+import math
 import os
 import re
 import signal
@@ -14,7 +15,7 @@ from dahp.errors import DahpError
 from dahp.hasher import CHECKPOINT_FILE, MODEL_FILE, DeepHasher
 from dahp.models import HashingNetwork, ModelConfig
 from dahp.serialization import load_file
-from dahp.training import TrainConfig, Trainer, TrainingDiverged
+from dahp.training import RESIZED_CROP_AREA, TrainConfig, Trainer, TrainingDiverged, augment_batch, resized_crops
 
 SMALL_MODEL = ModelConfig(bits=16, output_stride=4, small_stem=True, hidden_dim=64)
 
@@ -302,3 +303,24 @@ def test_min_steps_raise_the_epochs_of_a_small_training_set(small_digits):
 def test_transfer_settings_are_validated(overrides, message):
     with pytest.raises(DahpError, match=re.escape(message)):
         TrainConfig(**overrides)
+
+
+def test_resized_crop_zooms_into_a_window_of_the_image():
+    centres = (torch.arange(64) * 2 + 1) / 64 - 1  # each pixel's x in grid_sample's [-1, 1] coordinates
+    ramp = centres.expand(1, 3, 64, 64).contiguous()
+    whole = resized_crops(ramp, torch.tensor([[1.0, 0.5, 0.5, 0.5]]))  # 100% of the area, square
+    assert torch.allclose(whole, ramp, atol=1e-5)
+    left = resized_crops(ramp, torch.tensor([[0.0, 0.5, 0.0, 0.5]]))  # the smallest window, at the left
+    side = math.sqrt(RESIZED_CROP_AREA[0])
+    assert left.shape == ramp.shape
+    assert left[0, 0, 32, 32].item() == pytest.approx(-1 + side + side / 64, abs=1e-5)  # the middle pixel's centre
+    assert left[0, 0, 32, -1].item() == pytest.approx(-1 + 2 * side - side / 64, abs=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["flip", "flip-crop", "resized-crop"])
+def test_an_augmented_shard_is_that_rows_of_the_augmented_batch(mode):
+    images = torch.randn(6, 3, 24, 24)
+    whole = augment_batch(images, mode, torch.Generator().manual_seed(3))
+    shard = augment_batch(images[2:5], mode, torch.Generator().manual_seed(3), slice(2, 5), 6)
+    assert torch.equal(shard, whole[2:5])
+    assert not torch.equal(whole, images)  # some image was changed

@@ -501,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     option("--quantization-weight", type=float, shown="the method's published value",
            help="weight of the method's quantisation term")
     option("--augment", choices=AUGMENTATIONS,
-           help="random flips (flip), also padded random crops (flip-crop)")
+           help="random flips (flip), also padded random crops (flip-crop) or random-resized crops of 35-100%% of the area (resized-crop)")
     option("--pairs", choices=PAIR_MODES,
            help="pair each batch with a memory of all training codes (DPSH) or only with itself")
     train.add_argument("--image-size", type=positive_int, default=None,

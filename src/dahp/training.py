@@ -37,7 +37,9 @@ from .serialization import load_file, reading, save_file
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
 PAIR_MODES = ("memory", "batch")
-AUGMENTATIONS = ("none", "flip", "flip-crop")
+AUGMENTATIONS = ("none", "flip", "flip-crop", "resized-crop")
+RESIZED_CROP_AREA = (0.35, 1.0)  # of the image, as torchvision's RandomResizedCrop draws it
+RESIZED_CROP_RATIO = (3 / 4, 4 / 3)
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,11 @@ def augment_batch(
     images: torch.Tensor, mode: str, generator: torch.Generator, rows: slice | None = None, batch: int | None = None
 ) -> torch.Tensor:
     """Random horizontal flips (``flip``), plus random crops from a zero-padded image
-    (padding 1/8 of the side, CIFAR's usual 4 px at 32 px) for ``flip-crop``.
+    (padding 1/8 of the side, CIFAR's usual 4 px at 32 px) for ``flip-crop``, or plus a
+    random-resized crop for ``resized-crop``: a window of 35–100% of the area and aspect
+    3:4–4:3 scaled back to the full size (torchvision's RandomResizedCrop, narrower, as
+    the images are small and their object fills them), so the network sees objects at
+    other scales and positions than the 5,000 training images hold.
 
     ``images`` may be the ``rows`` of a batch of ``batch`` images (one process's shard):
     the draws are made for the whole batch, so every image gets the same flip and crop
@@ -204,10 +210,30 @@ def augment_batch(
     images = torch.where(flip.view(n, 1, 1, 1), images.flip(-1), images)
     if mode == "flip":
         return images
+    if mode == "resized-crop":
+        return resized_crops(images, torch.rand(batch, 4, generator=generator)[rows])
     pad = max(1, height // 8)
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
     offsets = torch.randint(0, 2 * pad + 1, (batch, 2), generator=generator)[rows].tolist()
     return torch.stack([padded[i, :, y : y + height, x : x + width] for i, (y, x) in enumerate(offsets)])
+
+
+def resized_crops(images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """Each image's crop, from four uniform draws per image (area, aspect, x, y), resampled
+    bilinearly to the image's size in one batched ``grid_sample``."""
+    low, high = RESIZED_CROP_AREA
+    area = low + (high - low) * draws[:, 0]
+    log_low, log_high = math.log(RESIZED_CROP_RATIO[0]), math.log(RESIZED_CROP_RATIO[1])
+    aspect = torch.exp(log_low + (log_high - log_low) * draws[:, 1])
+    width, height = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)
+    theta = torch.zeros(len(images), 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = width, height  # in [-1, 1] coordinates: a fraction of the side
+    theta[:, 0, 2] = (2 * draws[:, 2] - 1) * (1 - width)
+    theta[:, 1, 2] = (2 * draws[:, 3] - 1) * (1 - height)
+    grid = nn.functional.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    return nn.functional.grid_sample(
+        images, grid.to(images.device), mode="bilinear", padding_mode="border", align_corners=False
+    )
 
 
 def keep_batch_norm_statistics(module: nn.Module) -> None:
