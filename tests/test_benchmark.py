@@ -236,7 +236,8 @@ def test_committed_budgets_load(path):
 
 
 def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was_chosen_over():
-    """Each record differs from the shipped recipe in the settings its name says, and nothing else."""
+    """Each record differs from the shipped recipe, or from the recipe it replaced, in the
+    settings its name says, and nothing else."""
 
     def settings(budget: dict) -> dict:  # a training setting a record predates has its default
         kept = {key: value for key, value in Budget(**budget).to_dict().items() if key not in ("name", "description")}
@@ -245,34 +246,37 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
     def recorded(name: str) -> dict:
         return settings(json.loads((RECORDS / name / "benchmark.json").read_text())["budget"])
 
-    def shipped_with(**train: object) -> dict:
-        return {**shipped, "train": {**shipped["train"], **train}}
+    def same_recipe(name: str, recipe: dict) -> bool:  # on other data: the same network, training and size
+        other = recorded(name) if (RECORDS / name).is_dir() else settings(Budget.load(str(BUDGETS / f"{name}.json")).to_dict())
+        return (other["model"], other["train"], other["image_size"]) == (recipe["model"], recipe["train"], 160)
+
+    def with_train(recipe: dict, **train: object) -> dict:
+        return {**recipe, "train": {**recipe["train"], **train}}
 
     shipped = json.loads(json.dumps(settings(Budget.load("cpu-transfer").to_dict())))
-    assert shipped["train"]["frozen_batch_norm"] and shipped["train"]["backbone_lr_scale"] == 0.02
-    assert recorded("cpu-transfer-fbn-slow-backbone") == shipped
-    assert recorded("cpu-transfer-table-iii") == shipped  # the ablation, beside the headline run
-    assert settings(Budget.load(str(BUDGETS / "cpu-transfer-fbn-slow-backbone.json")).to_dict()) == shipped
+    assert shipped["train"]["frozen_batch_norm"] and shipped["train"]["backbone_lr_scale"] == 0.06
+    assert recorded("cpu-transfer-14-epochs-backbone-0.06") == shipped
+    assert settings(Budget.load(str(BUDGETS / "cpu-transfer-14-epochs-backbone-0.06.json")).to_dict()) == shipped
+    assert recorded("cpu-transfer-14-epochs-resized-crop") == with_train(shipped, augment="resized-crop")
     small = {**shipped, "protocol": "per-class", "protocol_parameters": {"query_per_class": 100, "train_per_class": 20}}
-    assert recorded("cpu-transfer-fbn-slow-backbone-20-per-class") == small
-    assert recorded("cpu-transfer-fbn") == shipped_with(backbone_lr_scale=0.2)
-    assert recorded("cpu-transfer-14-epochs-micro-32") == shipped_with(epochs=14, micro_batch_size=32)
+    assert recorded("cpu-transfer-14-epochs-backbone-0.06-20-per-class") == small
+    assert same_recipe("cpu-transfer-14-epochs-backbone-0.06-pairs", shipped)
+
+    # the recipe shipped until 2026-12-06's seventh session: 10 epochs, whole batches, backbone at 0.02x
+    previous = with_train(shipped, epochs=10, micro_batch_size=None, backbone_lr_scale=0.02)
+    assert recorded("cpu-transfer-fbn-slow-backbone") == previous
+    assert recorded("cpu-transfer-table-iii") == previous  # the ablation, beside that headline run
+    assert settings(Budget.load(str(BUDGETS / "cpu-transfer-fbn-slow-backbone.json")).to_dict()) == previous
+    assert recorded("cpu-transfer-fbn-slow-backbone-20-per-class") == {**small, "train": previous["train"]}
+    assert recorded("cpu-transfer-fbn") == with_train(previous, backbone_lr_scale=0.2)
+    assert recorded("cpu-transfer-14-epochs-micro-32") == with_train(previous, epochs=14, micro_batch_size=32)
     assert recorded("cpu-transfer-128px-18-epochs-micro-32") == \
-        {**shipped_with(epochs=18, micro_batch_size=32), "image_size": 128}
-    assert recorded("cpu-transfer-192px-14-epochs") == {**shipped_with(epochs=14, micro_batch_size=32), "image_size": 192}
-    assert recorded("cpu-transfer-14-epochs-backbone-0.06") == \
-        shipped_with(epochs=14, micro_batch_size=32, backbone_lr_scale=0.06)
-    assert recorded("cpu-transfer-14-epochs-backbone-0.06-20-per-class") == \
-        {**small, "train": recorded("cpu-transfer-14-epochs-backbone-0.06")["train"]}
-    many = recorded("cpu-transfer-14-epochs-backbone-0.06-pairs")
-    assert (many["model"], many["train"], many["image_size"]) == \
-        (shipped["model"], recorded("cpu-transfer-14-epochs-backbone-0.06")["train"], 160)
+        {**with_train(previous, epochs=18, micro_batch_size=32), "image_size": 128}
+    assert recorded("cpu-transfer-192px-14-epochs") == \
+        {**with_train(previous, epochs=14, micro_batch_size=32), "image_size": 192}
     assert recorded("cpu-transfer-fbn-20-per-class") == {**small, "train": recorded("cpu-transfer-fbn")["train"]}
-    for budget in ("cpu-transfer-mosaics", "cpu-transfer-fbn-slow-backbone-pairs"):  # other data, same recipe
-        other = settings(Budget.load(str(BUDGETS / f"{budget}.json")).to_dict())
-        assert (other["model"], other["train"], other["image_size"]) == (shipped["model"], shipped["train"], 160)
-    pairs = recorded("cpu-transfer-fbn-slow-backbone-pairs")
-    assert (pairs["model"], pairs["train"], pairs["image_size"]) == (shipped["model"], shipped["train"], 160)
-    before = shipped_with(backbone_lr_scale=0.2, frozen_batch_norm=False)  # the recipe until 2026-12-06
+    for name in ("cpu-transfer-mosaics", "cpu-transfer-fbn-slow-backbone-pairs"):  # other data, that recipe
+        assert same_recipe(name, previous)
+    before = with_train(previous, backbone_lr_scale=0.2, frozen_batch_norm=False)  # the recipe before that
     assert recorded("cpu-transfer") == before
     assert recorded("cpu-transfer-20-per-class") == {**small, "train": before["train"]}
