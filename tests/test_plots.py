@@ -157,3 +157,6 @@ def test_map_against_minutes_draws_a_point_per_recipe_and_the_lines(tmp_path: Pa
     assert (tmp_path / "quality.png").read_bytes().startswith(b"\x89PNG")
     with pytest.raises(DahpError, match=r"runs\['cpu'\]: expected \(minutes, mAP\)"):
         plot_map_vs_minutes({"cpu": (22.9,)}, tmp_path / "bad.png")
+    many = map_vs_minutes_figure({f"run {i}": (float(i), 0.5) for i in range(12)}).axes[0].get_lines()
+    styles = {(line.get_color(), line.get_marker()) for line in many}
+    assert len(styles) == 12  # past ten recipes the colours repeat, the markers tell them apart

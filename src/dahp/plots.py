@@ -177,7 +177,8 @@ def map_vs_minutes_figure(runs: dict[str, tuple[float, float]], chance: float | 
             raise DahpError(f"runs[{label!r}]: expected (minutes, mAP) as two finite numbers, got {point!r}")
     figure, (axes,) = _new_figure(1)
     for index, (label, (minutes, value)) in enumerate(sorted(runs.items(), key=lambda item: item[1][0])):
-        axes.plot([minutes], [value], marker="o", linestyle="none", label=label, color=f"C{index % 10}")
+        marker = "osD^v"[index // 10 % 5]  # a new marker each time the ten colours come round again
+        axes.plot([minutes], [value], marker=marker, linestyle="none", label=label, color=f"C{index % 10}")
     if chance is not None:
         axes.axhline(chance, color="0.4", linestyle="--", linewidth=1.0, label=f"chance ({chance:.3f})")
     if target is not None:
