@@ -179,3 +179,28 @@ def test_dual_attention_at_zero_scales_is_the_two_transforms_of_the_input():
     x = torch.randn(2, 32, 3, 4)
     expected = module.position_transform(x) + module.channel_transform(x)
     torch.testing.assert_close(module(x), expected)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_residual_fusion_starts_as_the_identity_and_learns_its_transforms(train):
+    module = DualAttention(16, residual=True).train(train)
+    x = torch.rand(2, 16, 3, 4).requires_grad_(True)  # non-negative, as every backbone's map (it ends in a ReLU)
+    out = module(x)
+    torch.testing.assert_close(out, x, rtol=0, atol=0)
+    out.square().sum().backward()
+    torch.testing.assert_close(x.grad, 2 * x.detach())
+    for transform in (module.position_transform, module.channel_transform):
+        assert transform[-1].weight.grad.abs().sum() > 0  # the zero BN scales get a gradient: not stuck at 0
+
+
+def test_residual_fusion_adds_the_two_transforms_to_the_input():
+    module = DualAttention(32, residual=True).eval()
+    _randomise(module, torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        for transform in (module.position_transform, module.channel_transform):
+            transform[-1].weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 32, 3, 4)
+    expected = torch.relu(x + module.position_transform(module.position(x))
+                          + module.channel_transform(module.channel(x)))
+    torch.testing.assert_close(module(x), expected)
+    assert (module(x) != torch.relu(x)).any()

@@ -156,7 +156,8 @@ def cmd_methods(args: argparse.Namespace) -> None:
 # Options of `dahp train` that a budget may set, by the configuration they go to; their
 # built-in defaults (used when neither the budget nor the command line gives them) are the
 # dataclasses' own. `attention` and `backbone` default to the method's.
-MODEL_OPTIONS = ("backbone", "output_stride", "small_stem", "attention", "hidden_dim", "hash_norm", "head_channels")
+MODEL_OPTIONS = ("backbone", "output_stride", "small_stem", "attention", "hidden_dim", "hash_norm", "head_channels",
+                 "residual_fusion")
 TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "schedule", "anchor_weight",
                  "quantization_weight", "pairs", "augment", "workers", "frozen_epochs", "backbone_lr_scale",
                  "frozen_batch_norm", "min_steps", "micro_batch_size")
@@ -516,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     option("--hidden-dim", type=positive_int, help="width of the head's FC1")
     option("--head-channels", type=positive_int, shown="none (the backbone's channels)",
            help="reduce the backbone's map to this many channels before attention (DANet's reduction)")
+    option("--residual-fusion", action=argparse.BooleanOptionalAction,
+           help="add the dual attention's fused output to its input, starting as the identity")
     option("--hash-norm", action=argparse.BooleanOptionalAction,
            help="batch-normalise the hash outputs (keeps pairwise losses off the b = 0 saddle)")
     train.add_argument("--weights", default=None,
