@@ -254,6 +254,9 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
     def with_train(recipe: dict, **train: object) -> dict:
         return {**recipe, "train": {**recipe["train"], **train}}
 
+    def with_model(recipe: dict, **model: object) -> dict:
+        return {**recipe, "model": {**recipe["model"], **model}}
+
     shipped = json.loads(json.dumps(settings(Budget.load("cpu-transfer").to_dict())))
     assert shipped["train"]["frozen_batch_norm"] and shipped["train"]["backbone_lr_scale"] == 0.06
     assert recorded("cpu-transfer-14-epochs-backbone-0.06") == shipped
@@ -263,6 +266,9 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
     small = {**shipped, "protocol": "per-class", "protocol_parameters": {"query_per_class": 100, "train_per_class": 20}}
     assert recorded("cpu-transfer-14-epochs-backbone-0.06-20-per-class") == small
     assert same_recipe("cpu-transfer-14-epochs-backbone-0.06-pairs", shipped)
+    residual = with_model(shipped, residual_fusion=True)
+    assert recorded("cpu-transfer-residual-fusion") == residual
+    assert settings(Budget.load(str(BUDGETS / "cpu-transfer-residual-fusion.json")).to_dict()) == residual
 
     # the recipe shipped until 2026-12-06's seventh session: 10 epochs, whole batches, backbone at 0.02x
     previous = with_train(shipped, epochs=10, micro_batch_size=None, backbone_lr_scale=0.02)
