@@ -269,6 +269,8 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
     residual = with_model(shipped, residual_fusion=True)
     assert recorded("cpu-transfer-residual-fusion") == residual
     assert settings(Budget.load(str(BUDGETS / "cpu-transfer-residual-fusion.json")).to_dict()) == residual
+    assert recorded("cpu-transfer-residual-fusion-20-per-class") == {**small, "model": residual["model"]}
+    assert same_recipe("cpu-transfer-residual-fusion-pairs", residual)
 
     # the recipe shipped until 2026-12-06's seventh session: 10 epochs, whole batches, backbone at 0.02x
     previous = with_train(shipped, epochs=10, micro_batch_size=None, backbone_lr_scale=0.02)
