@@ -246,8 +246,11 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
     def recorded(name: str) -> dict:
         return settings(json.loads((RECORDS / name / "benchmark.json").read_text())["budget"])
 
+    def budgeted(name: str) -> dict:
+        return settings(Budget.load(str(BUDGETS / f"{name}.json")).to_dict())
+
     def same_recipe(name: str, recipe: dict) -> bool:  # on other data: the same network, training and size
-        others = [settings(Budget.load(str(BUDGETS / f"{name}.json")).to_dict()), recorded(name)]
+        others = [budgeted(name), recorded(name)]
         return all((other["model"], other["train"], other["image_size"]) == (recipe["model"], recipe["train"], 160)
                    for other in others)
 
@@ -260,7 +263,7 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
     shipped = json.loads(json.dumps(settings(Budget.load("cpu-transfer").to_dict())))
     assert shipped["train"]["frozen_batch_norm"] and shipped["train"]["backbone_lr_scale"] == 0.06
     assert recorded("cpu-transfer-14-epochs-backbone-0.06") == shipped
-    assert settings(Budget.load(str(BUDGETS / "cpu-transfer-14-epochs-backbone-0.06.json")).to_dict()) == shipped
+    assert budgeted("cpu-transfer-14-epochs-backbone-0.06") == shipped
     assert recorded("cpu-transfer-14-epochs-resized-crop") == with_train(shipped, augment="resized-crop")
     assert recorded("cpu-transfer-0.06-table-iii") == shipped  # the ablation at the shipped recipe
     small = {**shipped, "protocol": "per-class", "protocol_parameters": {"query_per_class": 100, "train_per_class": 20}}
@@ -268,7 +271,7 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
     assert same_recipe("cpu-transfer-14-epochs-backbone-0.06-pairs", shipped)
     residual = with_model(shipped, residual_fusion=True)
     assert recorded("cpu-transfer-residual-fusion") == residual
-    assert settings(Budget.load(str(BUDGETS / "cpu-transfer-residual-fusion.json")).to_dict()) == residual
+    assert budgeted("cpu-transfer-residual-fusion") == residual
     assert recorded("cpu-transfer-residual-fusion-20-per-class") == {**small, "model": residual["model"]}
     assert same_recipe("cpu-transfer-residual-fusion-pairs", residual)
 
@@ -276,7 +279,7 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
     previous = with_train(shipped, epochs=10, micro_batch_size=None, backbone_lr_scale=0.02)
     assert recorded("cpu-transfer-fbn-slow-backbone") == previous
     assert recorded("cpu-transfer-table-iii") == previous  # the ablation, beside that headline run
-    assert settings(Budget.load(str(BUDGETS / "cpu-transfer-fbn-slow-backbone.json")).to_dict()) == previous
+    assert budgeted("cpu-transfer-fbn-slow-backbone") == previous
     assert recorded("cpu-transfer-fbn-slow-backbone-20-per-class") == {**small, "train": previous["train"]}
     assert recorded("cpu-transfer-fbn") == with_train(previous, backbone_lr_scale=0.2)
     assert recorded("cpu-transfer-14-epochs-micro-32") == with_train(previous, epochs=14, micro_batch_size=32)
