@@ -47,27 +47,36 @@ def edited_copy(image: np.ndarray, rng: np.random.Generator, keep: float = 0.9) 
     return stream
 
 
-def copy_detection(hasher: DeepHasher, database: ImageCollection, copies: int, seed: int,
-                   batch_size: int = 64) -> dict[str, float]:
-    rng = np.random.default_rng(seed)
-    originals = rng.choice(len(database), size=min(copies, len(database)), replace=False)
-    database_codes = hasher.encode(database, progress=True)
-    copy_codes = np.concatenate([
-        hasher.encode_images([edited_copy(pixels(database, i), rng) for i in originals[start:start + batch_size]])
-        for start in range(0, len(originals), batch_size)
-    ])
+def copy_statistics(copy_codes: np.ndarray, database_codes: np.ndarray, originals: np.ndarray) -> dict[str, float]:
+    """Where each copy's original lands among the database codes: bits away, and its rank."""
     distances = hamming_distance(copy_codes, database_codes)
     to_original = distances[np.arange(len(originals)), originals]
     nearer = (distances < to_original[:, None]).sum(axis=1)
     level = (distances == to_original[:, None]).sum(axis=1) - 1  # other images as near as the original
     return {
-        "bits": hasher.bits, "copies": len(originals), "database": len(database),
+        "copies": len(originals), "database": len(database_codes),
         "mean_bits": float(to_original.mean()), "median_bits": float(np.median(to_original)),
         "p90_bits": float(np.percentile(to_original, 90)),
         "original_nearest": float((nearer == 0).mean()),
         "original_alone_nearest": float(((nearer == 0) & (level == 0)).mean()),
         "original_in_top_10": float((nearer < 10).mean()),
     }
+
+
+def edited_copies(database: ImageCollection, copies: int, seed: int) -> tuple[np.ndarray, list[io.BytesIO]]:
+    """``copies`` random database indices and an edited copy of each, drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    originals = rng.choice(len(database), size=min(copies, len(database)), replace=False)
+    return originals, [edited_copy(pixels(database, i), rng) for i in originals]
+
+
+def copy_detection(hasher: DeepHasher, database: ImageCollection, copies: int, seed: int,
+                   batch_size: int = 64) -> dict[str, float]:
+    originals, files = edited_copies(database, copies, seed)
+    database_codes = hasher.encode(database, progress=True)
+    copy_codes = np.concatenate([hasher.encode_images(files[start:start + batch_size])
+                                 for start in range(0, len(files), batch_size)])
+    return {"bits": hasher.bits} | copy_statistics(copy_codes, database_codes, originals)
 
 
 def main() -> None:

@@ -242,10 +242,12 @@ def test_train_budget_is_a_starting_point_that_flags_override(tmp_path):
     assert config.lr == 0.005 and not model.hash_norm and model.backbone == "alexnet" and not model.attention  # as the benchmark
     model, _, _, _ = _settings(["--data", "digits", "--budget", str(budget), "--residual-fusion"])
     assert model.residual_fusion and model.attention and model.hidden_dim == 32
+    model, _, _, _ = _settings(["--data", "digits", "--budget", str(budget), "--mirror-average"])
+    assert model.mirror_average and not model.residual_fusion
     model, config, preprocess, weights = _settings(["--data", "digits"])  # no budget: the built-in defaults
     assert (config.epochs, config.lr, model.backbone, model.hash_norm, preprocess.image_size) == (50, 0.04, "resnet18",
                                                                                                  False, 8)
-    assert not model.residual_fusion  # the paper's fusion unless asked for
+    assert not model.residual_fusion and not model.mirror_average  # the paper's network unless asked for
 
 
 def test_preprocessing_follows_the_backbone_weights_unless_overridden():

@@ -32,14 +32,13 @@ def digits_model(tmp_path_factory):
     return out / MODEL_FILE
 
 
-@pytest.fixture(scope="module")
-def attention_model(tmp_path_factory):
+def _attention_model_file(tmp_path_factory, **config_options):
     """A standard-stem 32-px model at output stride 8 (dilated layer3/4), 20 bits (padding bits in byte 3).
 
     Random BN statistics and non-zero attention scales, so the dual attention's bmm/softmax
     really shape the output (freshly initialised, both attention branches would be no-ops).
     """
-    config = ModelConfig(bits=20, output_stride=8, small_stem=False, attention=True, hidden_dim=64)
+    config = ModelConfig(bits=20, output_stride=8, small_stem=False, attention=True, hidden_dim=64, **config_options)
     hasher = DeepHasher(config, preprocess=Preprocess(32, IMAGENET_MEAN, IMAGENET_STD), device="cpu")
     torch.manual_seed(0)
     network = HashingNetwork(config)
@@ -56,6 +55,11 @@ def attention_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("attention") / MODEL_FILE
     hasher.save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def attention_model(tmp_path_factory):
+    return _attention_model_file(tmp_path_factory)
 
 
 def _onnx_file(model_path, tmp_path_factory, **options):
@@ -219,6 +223,15 @@ def test_the_onnxruntime_runtime_encodes_as_pytorch_does(attention_model):
     np.testing.assert_array_equal(onnx_runtime.encode(data), pytorch.encode(data))
     np.testing.assert_array_equal(onnx_runtime.encode_pixels(pixels), pytorch.encode(data))
     np.testing.assert_allclose(onnx_runtime.encode_real(data), pytorch.encode_real(data), rtol=0, atol=ATOL)
+
+
+def test_a_mirror_averaged_model_exports_and_encodes_as_pytorch_does(tmp_path_factory):
+    model_path = _attention_model_file(tmp_path_factory, mirror_average=True)
+    pixels = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    mirrored = np.ascontiguousarray(pixels[:, :, ::-1])
+    _assert_matches_pytorch(_onnx_file(model_path, tmp_path_factory), model_path, [pixels, mirrored])
+    onnx_runtime = DeepHasher.load(model_path, device="cpu", runtime="onnxruntime")
+    np.testing.assert_array_equal(onnx_runtime.encode_pixels(mirrored), onnx_runtime.encode_pixels(pixels))
 
 
 def test_runtime_names_are_checked_and_auto_falls_back_to_pytorch(monkeypatch):

@@ -49,12 +49,12 @@ def _sizes(backbone: str) -> tuple[int, int]:
     return max(smallest, 33) | 1, 64
 
 
-@pytest.mark.parametrize(("attention", "residual_fusion"), [(False, False), (True, False), (True, True)],
-                         ids=["plain", "attention", "residual-fusion"])
+@pytest.mark.parametrize("variant", [{"attention": False}, {}, {"residual_fusion": True}, {"mirror_average": True}],
+                         ids=["plain", "attention", "residual-fusion", "mirror-average"])
 @pytest.mark.parametrize("backbone", list_backbones())
-def test_the_copy_computes_the_same_codes(backbone, attention, residual_fusion):
+def test_the_copy_computes_the_same_codes(backbone, variant):
     config = ModelConfig(bits=48, backbone=backbone, output_stride=OUTPUT_STRIDES.get(backbone, 32),
-                         attention=attention, hash_norm=True, residual_fusion=residual_fusion)
+                         hash_norm=True, **variant)
     torch.manual_seed(0)
     net = _trained_looking(HashingNetwork(config)).eval()
     fast = inference_copy(net)

@@ -105,6 +105,29 @@ def test_hashing_network_outputs_one_real_value_per_bit():
     assert not any("attention" in name for name, _ in plain.named_parameters())
 
 
+def test_mirror_average_encodes_an_image_and_its_mirror_alike_and_leaves_training_alone():
+    config = ModelConfig(bits=24, output_stride=4, small_stem=True, hash_norm=True)
+    torch.manual_seed(0)
+    plain = HashingNetwork(config)
+    mirrored = HashingNetwork(ModelConfig(**{**config.to_dict(), "mirror_average": True}))
+    mirrored.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        for module in plain.modules():  # asymmetric weights, so an image and its mirror differ
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.add_(torch.randn_like(module.weight))
+        mirrored.load_state_dict(plain.state_dict())
+    images = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        plain.eval(), mirrored.eval()
+        one_way, other_way = plain(images), plain(images.flip(-1))
+        assert not torch.allclose(one_way, other_way, atol=1e-3)
+        close = {"rtol": 1e-4, "atol": 1e-4}  # one batch of 6 against two of 3: float rounding
+        torch.testing.assert_close(mirrored(images), (one_way + other_way) / 2, **close)
+        torch.testing.assert_close(mirrored(images.flip(-1)), mirrored(images), **close)
+        plain.train(), mirrored.train()
+        torch.testing.assert_close(mirrored(images), plain(images), **close)  # training sees each image as given
+
+
 def test_model_config_validation():
     with pytest.raises(DahpError, match="--bits must be between 8 and 256"):
         ModelConfig(bits=4)

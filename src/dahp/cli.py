@@ -157,7 +157,7 @@ def cmd_methods(args: argparse.Namespace) -> None:
 # built-in defaults (used when neither the budget nor the command line gives them) are the
 # dataclasses' own. `attention` and `backbone` default to the method's.
 MODEL_OPTIONS = ("backbone", "output_stride", "small_stem", "attention", "hidden_dim", "hash_norm", "head_channels",
-                 "residual_fusion")
+                 "residual_fusion", "mirror_average")
 TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "schedule", "anchor_weight",
                  "quantization_weight", "pairs", "augment", "workers", "frozen_epochs", "backbone_lr_scale",
                  "frozen_batch_norm", "min_steps", "micro_batch_size")
@@ -519,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
            help="reduce the backbone's map to this many channels before attention (DANet's reduction)")
     option("--residual-fusion", action=argparse.BooleanOptionalAction,
            help="add the dual attention's fused output to its input, starting as the identity")
+    option("--mirror-average", action=argparse.BooleanOptionalAction,
+           help="encode each image with its left-right mirror and average the outputs (mirrored copies share "
+                "a code; encoding takes twice as long)")
     option("--hash-norm", action=argparse.BooleanOptionalAction,
            help="batch-normalise the hash outputs (keeps pairwise losses off the b = 0 saddle)")
     train.add_argument("--weights", default=None,

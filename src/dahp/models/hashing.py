@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+import torch
 from torch import Tensor, nn
 
 from ..codes import check_bits
@@ -25,6 +26,7 @@ class ModelConfig:
     hash_norm: bool = False
     head_channels: int | None = None
     residual_fusion: bool = False
+    mirror_average: bool = False
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
@@ -59,6 +61,11 @@ class HashingNetwork(nn.Module):
 
     ``residual_fusion`` (off in the paper's network) makes the dual attention start as the
     identity (see :class:`DualAttention`), so v2 starts where v1 does.
+
+    ``mirror_average`` (off in the paper's network) makes the outputs outside training the
+    mean of the image's and its left-right mirror's, so an image and its mirrored copy get
+    the same code (the training augmentation flips anyway): the codes of a test-time flip,
+    at twice the encoding cost, in every encoder built on the network (folded copy, ONNX).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -87,6 +94,9 @@ class HashingNetwork(nn.Module):
         self.hash_norm: nn.Module = nn.BatchNorm1d(config.bits) if config.hash_norm else nn.Identity()
 
     def forward(self, images: Tensor) -> Tensor:
+        if self.config.mirror_average and not self.training:
+            given, mirrored = self.head(self.backbone(torch.cat([images, images.flip(-1)]))).chunk(2)  # one pass
+            return (given + mirrored) / 2
         return self.head(self.backbone(images))
 
     def head(self, features: Tensor) -> Tensor:
