@@ -67,6 +67,16 @@ def test_image_folder_loading_and_batches(tmp_path):
     assert [i.tolist() for _, i in batches] == [[0, 1, 2, 3], [4, 5]]
 
 
+def test_decoding_processes_give_the_batches_decoding_in_process_gives(tmp_path):
+    _write_folder(tmp_path, per_class=4)
+    data, preprocess, order = load_source(str(tmp_path)), Preprocess(image_size=16), np.arange(8)[::-1].copy()
+    in_process = list(iterate_batches(data, order, 3, preprocess))
+    in_workers = list(iterate_batches(data, order, 3, preprocess, workers=2))
+    assert [i.tolist() for _, i in in_workers] == [[7, 6, 5], [4, 3, 2], [1, 0]]
+    for (expected, expected_indices), (got, indices) in zip(in_process, in_workers, strict=True):
+        assert got.dtype == torch.float32 and torch.equal(got, expected) and np.array_equal(indices, expected_indices)
+
+
 def test_bad_folders_and_images_are_named(tmp_path):
     with pytest.raises(DahpError, match="does not exist"):
         load_source(str(tmp_path / "nope"))
