@@ -69,7 +69,7 @@ def test_image_folder_loading_and_batches(tmp_path):
 
 def test_decoding_processes_give_the_batches_decoding_in_process_gives(tmp_path):
     _write_folder(tmp_path, per_class=4)
-    data, preprocess, order = load_source(str(tmp_path)), Preprocess(image_size=16), np.arange(8)[::-1].copy()
+    data, preprocess, order = load_source(str(tmp_path)), Preprocess(image_size=16), np.arange(8)[::-1]
     in_process = list(iterate_batches(data, order, 3, preprocess))
     in_workers = list(iterate_batches(data, order, 3, preprocess, workers=2))
     assert [i.tolist() for _, i in in_workers] == [[7, 6, 5], [4, 3, 2], [1, 0]]

@@ -163,7 +163,7 @@ def load_batches(
             yield preprocess.batch(collection.images[indices]), indices
         return
     loader = torch.utils.data.DataLoader(
-        _FileBatches(collection.images, list(batches), preprocess),
+        _FileBatches(collection.images, [np.ascontiguousarray(b) for b in batches], preprocess),  # no negative strides
         batch_size=None,
         num_workers=workers,
         persistent_workers=False,
