@@ -266,6 +266,7 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
     assert budgeted("cpu-transfer-14-epochs-backbone-0.06") == shipped
     assert recorded("cpu-transfer-14-epochs-resized-crop") == with_train(shipped, augment="resized-crop")
     assert recorded("cpu-transfer-0.06-table-iii") == shipped  # the ablation at the shipped recipe
+    assert recorded("cpu-transfer-table-iv-shallow") == shipped  # LSH, ITQ, SDH at 12-48 bits on its features
     small = {**shipped, "protocol": "per-class", "protocol_parameters": {"query_per_class": 100, "train_per_class": 20}}
     assert recorded("cpu-transfer-14-epochs-backbone-0.06-20-per-class") == small
     assert same_recipe("cpu-transfer-14-epochs-backbone-0.06-pairs", shipped)
