@@ -275,6 +275,9 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
     assert budgeted("cpu-transfer-residual-fusion") == residual
     assert recorded("cpu-transfer-residual-fusion-20-per-class") == {**small, "model": residual["model"]}
     assert same_recipe("cpu-transfer-residual-fusion-pairs", residual)
+    lite1 = with_model(residual, backbone="efficientnet_lite1", mirror_average=True)
+    assert recorded("cpu-transfer-lite1-residual-fusion-mirror") == lite1
+    assert budgeted("cpu-transfer-lite1-residual-fusion-mirror") == lite1
 
     # the recipe shipped until 2026-12-06's seventh session: 10 epochs, whole batches, backbone at 0.02x
     previous = with_train(shipped, epochs=10, micro_batch_size=None, backbone_lr_scale=0.02)
