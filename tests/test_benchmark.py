@@ -270,6 +270,7 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
     small = {**shipped, "protocol": "per-class", "protocol_parameters": {"query_per_class": 100, "train_per_class": 20}}
     assert recorded("cpu-transfer-14-epochs-backbone-0.06-20-per-class") == small
     assert same_recipe("cpu-transfer-14-epochs-backbone-0.06-pairs", shipped)
+    assert same_recipe("cpu-transfer-14-epochs-backbone-0.06-mosaics", shipped)
     residual = with_model(shipped, residual_fusion=True)
     assert recorded("cpu-transfer-residual-fusion") == residual
     assert budgeted("cpu-transfer-residual-fusion") == residual
