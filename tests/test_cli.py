@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,6 +267,10 @@ def test_preprocessing_follows_the_backbone_weights_unless_overridden():
     assert (model.backbone, model.head_channels, model.attention, config.frozen_epochs) == ("efficientnet_lite0", 320,
                                                                                            True, 1)
     assert weights.endswith(".pth")  # the packaged ImageNet file, never random init
+    lite1_file = str(Path(__file__).parents[1] / "benchmarks/budgets/cpu-transfer-lite1-residual-fusion-mirror.json")
+    lite1, _, _, lite1_weights = _settings(["--data", "photos/", "--budget", lite1_file])  # the README's larger recipe
+    assert (lite1.backbone, lite1.residual_fusion, lite1.mirror_average) == ("efficientnet_lite1", True, True)
+    assert "lite1" in lite1_weights
 
 
 def test_train_help_shows_every_default(capsys):
