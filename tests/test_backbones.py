@@ -403,3 +403,12 @@ def test_hashing_network_runs_on_the_lite_variants(name):
     net = HashingNetwork(ModelConfig(bits=16, backbone=name, output_stride=16)).eval()
     with torch.no_grad():
         assert net(torch.randn(2, 3, 32, 32)).shape == (2, 16)
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_stages_hold_every_weight_once_in_forward_order(name):
+    backbone = create_backbone(name)
+    in_stages = [id(p) for stage in backbone.stages() for p in stage.parameters()]
+    assert in_stages == [id(p) for p in backbone.parameters()]  # complete, disjoint, in the order they run
+    expected = {"resnet18": 5, "alexnet": 5}.get(name, 9)  # EfficientNet-Lite: stem, 7 stages, head conv
+    assert len(backbone.stages()) == expected

@@ -286,6 +286,23 @@ def test_frozen_batch_norm_keeps_the_backbones_statistics_while_it_fine_tunes(sm
     assert any(not torch.equal(trained[name], weights[name]) for name in weights)  # fine-tuned either way
 
 
+def test_frozen_stages_keep_their_weights_and_statistics_while_the_rest_fine_tunes(small_digits):
+    torch.manual_seed(0)
+    network = HashingNetwork(SMALL_MODEL)
+    state = {name: value.clone() for name, value in network.backbone.state_dict().items()}
+    hasher = _hasher(epochs=2, frozen_stages=2).fit(small_digits)  # the stem and layer1 of ResNet-18
+    trained = hasher.model_.backbone.state_dict()
+    kept = {name for name in state if torch.equal(trained[name], state[name]) and "num_batches" not in name}
+    fixed = {name for name in state if name.split(".")[0] in ("conv1", "bn1", "layer1") and "num_batches" not in name}
+    assert fixed and kept == fixed  # weights and running statistics of those stages, and nothing else
+    assert any(name.startswith("layer1.") and "running" in name for name in kept)
+
+
+def test_frozen_stages_are_checked_against_the_backbone(small_digits):
+    with pytest.raises(DahpError, match=re.escape("--frozen-stages must be at most 5 (the stages of this backbone")):
+        _hasher(epochs=1, frozen_stages=6).fit(small_digits)
+
+
 def test_min_steps_raise_the_epochs_of_a_small_training_set(small_digits):
     config = TrainConfig(epochs=4, batch_size=32, min_steps=50, frozen_epochs=2)
     sized = config.sized_for(200)  # 7 steps per epoch (6 full batches and one of 8)
@@ -299,6 +316,7 @@ def test_min_steps_raise_the_epochs_of_a_small_training_set(small_digits):
     ({"epochs": 2, "frozen_epochs": 2}, "--frozen-epochs must be >= 0 and below --epochs (2), got 2"),
     ({"backbone_lr_scale": -1.0}, "--backbone-lr-scale must be a number >= 0, got -1.0"),
     ({"min_steps": -1}, "--min-steps must be >= 0, got -1"),
+    ({"frozen_stages": -1}, "--frozen-stages must be >= 0, got -1"),
 ])
 def test_transfer_settings_are_validated(overrides, message):
     with pytest.raises(DahpError, match=re.escape(message)):

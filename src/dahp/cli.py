@@ -160,7 +160,7 @@ MODEL_OPTIONS = ("backbone", "output_stride", "small_stem", "attention", "hidden
                  "residual_fusion", "mirror_average")
 TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "schedule", "anchor_weight",
                  "quantization_weight", "pairs", "augment", "workers", "frozen_epochs", "backbone_lr_scale",
-                 "frozen_batch_norm", "min_steps", "micro_batch_size")
+                 "frozen_batch_norm", "min_steps", "micro_batch_size", "frozen_stages")
 
 
 def _given(args: argparse.Namespace, options: tuple[str, ...]) -> dict[str, object]:
@@ -492,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     option("--frozen-batch-norm", action=argparse.BooleanOptionalAction,
            help="fine-tune the backbone with its pretrained BatchNorm statistics fixed (batch statistics of "
                 "other images shift every feature the head learned on the frozen backbone)")
+    option("--frozen-stages", type=non_negative_int,
+           help="keep the backbone's first N stages (the stem counts as one) at their pretrained weights and "
+                "statistics: each step skips their backward pass")
     option("--min-steps", type=non_negative_int,
            help="raise the epochs so a small training set still gets this many optimiser steps")
     option("--micro-batch-size", type=positive_int, shown="the whole batch",

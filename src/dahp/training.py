@@ -70,6 +70,10 @@ class TrainConfig:
     backbone's updates still move them, and without batch statistics to normalise its
     gradients a rate that suits BatchNorm in training mode can wreck them (measured in
     docs/retrieval-quality.md: better on 5,000 CIFAR-10 images, far worse on 200).
+    ``frozen_stages`` keeps the backbone's first that many stages (the stem counts as one;
+    EfficientNet-Lite has 9, ResNet-18 5) at their pretrained weights and BatchNorm
+    statistics for the whole run: no gradient flows into them, so every step skips their
+    backward pass, the costliest part of fine-tuning at high resolution, where they run.
     """
 
     method: str = "dahp"
@@ -91,6 +95,7 @@ class TrainConfig:
     frozen_batch_norm: bool = False
     min_steps: int = 0
     micro_batch_size: int | None = None
+    frozen_stages: int = 0
 
     def __post_init__(self) -> None:
         checks = [
@@ -110,6 +115,7 @@ class TrainConfig:
             (self.backbone_lr_scale >= 0 and math.isfinite(self.backbone_lr_scale),
              f"--backbone-lr-scale must be a number >= 0, got {self.backbone_lr_scale}"),
             (self.min_steps >= 0, f"--min-steps must be >= 0, got {self.min_steps}"),
+            (self.frozen_stages >= 0, f"--frozen-stages must be >= 0, got {self.frozen_stages}"),
             (self.micro_batch_size is None or 2 <= self.micro_batch_size <= self.batch_size,
              f"--micro-batch-size must be >= 2 and at most --batch-size ({self.batch_size}), got {self.micro_batch_size}"),
             (self.micro_batch_size in (None, self.batch_size) or self.pairs == "memory",
@@ -237,6 +243,20 @@ def resized_crops(images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _fixed_stages(backbone: nn.Module | None, count: int) -> list[nn.Module]:
+    """The first ``count`` stages of ``backbone`` (its ``stages()``), checked to exist."""
+    if not count:
+        return []
+    stages = getattr(backbone, "stages", None)
+    if stages is None:
+        raise DahpError(f"--frozen-stages needs a network with a pretrained backbone, got {type(backbone).__name__}")
+    available = stages()
+    if count > len(available):
+        raise DahpError(f"--frozen-stages must be at most {len(available)} (the stages of this backbone, "
+                        f"the stem counting as one), got {count}")
+    return available[:count]
+
+
 def keep_batch_norm_statistics(module: nn.Module) -> None:
     """Put every BatchNorm layer inside ``module`` in eval mode: it normalises by its running
     statistics and stops updating them, while the rest of ``module`` stays in training mode."""
@@ -284,13 +304,16 @@ class Trainer:
         self.memory_format = torch.channels_last if self.channels_last and self.device.type == "cpu" else None
         if self.memory_format is not None:
             self.model.to(memory_format=self.memory_format)
+        self.fixed_stages = _fixed_stages(getattr(self.model, "backbone", None), self.config.frozen_stages)
+        for stage in self.fixed_stages:  # before DDP, which syncs the gradients of what requires them
+            stage.requires_grad_(False)
         self.network = distributed.wrap_model(self.model, self.device)  # self.model itself in one process
         settings = self.config.loss_settings(self.anchors.shape[1], self.anchors.shape[0], getattr(self.model, "config", None))
         self.loss = get_method(self.config.method).loss(settings)
         self.companion = self.loss.companion
         backbone = getattr(self.model, "backbone", None)
-        backbone_parameters = list(backbone.parameters()) if backbone is not None else []
-        in_backbone = {id(parameter) for parameter in backbone_parameters}
+        backbone_parameters = [p for p in backbone.parameters() if p.requires_grad] if backbone is not None else []
+        in_backbone = {id(parameter) for parameter in backbone.parameters()} if backbone is not None else set()
         parameters = [p for p in self.model.parameters() if id(p) not in in_backbone]
         if self.config.micro_batch_size is not None and self.world > 1:
             raise DahpError("--micro-batch-size trains in one process; under torchrun leave it out")
@@ -355,6 +378,8 @@ class Trainer:
             frozen_backbone = inference_copy(self.model.backbone)  # the same features, about 2x faster
         elif self.config.frozen_batch_norm:  # and while the backbone is fine-tuned: its features stay comparable
             keep_batch_norm_statistics(self.model.backbone)
+        for stage in self.fixed_stages:
+            stage.eval()
         if self.companion is not None:
             self.companion.train()
         plan, mine = self._shards(epoch_order(len(data), self.config.seed, epoch))

@@ -51,6 +51,10 @@ class AlexNetBackbone(nn.Module):
             nn.MaxPool2d(kernel_size=3, stride=2),
         )
 
+    def stages(self) -> list[nn.Module]:
+        """The five convolutions in the order the forward pass runs them (pools and ReLUs hold no weights)."""
+        return [layer for layer in self.features if isinstance(layer, nn.Conv2d)]
+
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x)
 

@@ -243,6 +243,16 @@ class EfficientNetLiteBackbone(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
+    def stages(self) -> list[nn.Module]:
+        """The layers in the order the forward pass runs them, a stage at a time: the stem,
+        then each stage's blocks (7 stages), then the head conv."""
+        groups: list[nn.Module] = [nn.ModuleList([self._conv_stem, self._bn0])]
+        start = 0
+        for *_, repeats in self.variant.stages():
+            groups.append(nn.ModuleList(self._blocks[start : start + repeats]))
+            start += repeats
+        return [*groups, nn.ModuleList([self._conv_head, self._bn1])]
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.activation(self._bn0(self._conv_stem(x)))
         for block in self._blocks:

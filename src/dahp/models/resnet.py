@@ -106,6 +106,10 @@ class ResNet18Backbone(nn.Module):
             if isinstance(module, BasicBlock):
                 nn.init.zeros_(module.bn2.weight)
 
+    def stages(self) -> list[nn.Module]:
+        """The layers in the order the forward pass runs them, a stage at a time: the stem, then layer1-4."""
+        return [nn.ModuleList([self.conv1, self.bn1]), self.layer1, self.layer2, self.layer3, self.layer4]
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
