@@ -261,13 +261,21 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
         return {**recipe, "model": {**recipe["model"], **model}}
 
     shipped = json.loads(json.dumps(settings(Budget.load("cpu-transfer").to_dict())))
-    assert shipped["train"]["frozen_batch_norm"] and shipped["train"]["backbone_lr_scale"] == 0.06
+    assert shipped["train"]["frozen_stages"] == 4 and shipped["train"]["backbone_lr_scale"] == 0.06
+    assert recorded("cpu-transfer-frozen-stages-4") == shipped
+    assert budgeted("cpu-transfer-frozen-stages-4") == shipped
+    small = {**shipped, "protocol": "per-class", "protocol_parameters": {"query_per_class": 100, "train_per_class": 20}}
+    assert recorded("cpu-transfer-frozen-stages-4-20-per-class") == small
+    assert same_recipe("cpu-transfer-frozen-stages-4-pairs", shipped)
+
+    # the recipe shipped until 2026-12-07: every backbone stage fine-tuned
+    shipped, small = (with_train(recipe, frozen_stages=0) for recipe in (shipped, small))
+    assert shipped["train"]["frozen_batch_norm"]
     assert recorded("cpu-transfer-14-epochs-backbone-0.06") == shipped
     assert budgeted("cpu-transfer-14-epochs-backbone-0.06") == shipped
     assert recorded("cpu-transfer-14-epochs-resized-crop") == with_train(shipped, augment="resized-crop")
     assert recorded("cpu-transfer-0.06-table-iii") == shipped  # the ablation at the shipped recipe
     assert recorded("cpu-transfer-table-iv-shallow") == shipped  # LSH, ITQ, SDH at 12-48 bits on its features
-    small = {**shipped, "protocol": "per-class", "protocol_parameters": {"query_per_class": 100, "train_per_class": 20}}
     assert recorded("cpu-transfer-14-epochs-backbone-0.06-20-per-class") == small
     assert same_recipe("cpu-transfer-14-epochs-backbone-0.06-pairs", shipped)
     assert same_recipe("cpu-transfer-14-epochs-backbone-0.06-mosaics", shipped)
