@@ -71,7 +71,7 @@ class TrainConfig:
     gradients a rate that suits BatchNorm in training mode can wreck them (measured in
     docs/retrieval-quality.md: better on 5,000 CIFAR-10 images, far worse on 200).
     ``frozen_stages`` keeps the backbone's first that many stages (the stem counts as one;
-    EfficientNet-Lite has 9, ResNet-18 5) at their pretrained weights and BatchNorm
+    EfficientNet-Lite has 9, ResNet-18 and AlexNet 5) at their pretrained weights and BatchNorm
     statistics for the whole run: no gradient flows into them, so every step skips their
     backward pass, the costliest part of fine-tuning at high resolution, where they run.
     """
@@ -249,7 +249,8 @@ def _fixed_stages(backbone: nn.Module | None, count: int) -> list[nn.Module]:
         return []
     stages = getattr(backbone, "stages", None)
     if stages is None:
-        raise DahpError(f"--frozen-stages needs a network with a pretrained backbone, got {type(backbone).__name__}")
+        raise DahpError("--frozen-stages needs a network whose backbone lists its stages "
+                        f"(ResNet-18, AlexNet, EfficientNet-Lite), got {type(backbone).__name__}")
     available = stages()
     if count > len(available):
         raise DahpError(f"--frozen-stages must be at most {len(available)} (the stages of this backbone, "
