@@ -288,6 +288,8 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
     assert recorded("cpu-transfer-lite1-residual-fusion-mirror") == lite1
     assert budgeted("cpu-transfer-lite1-residual-fusion-mirror") == lite1
     assert same_recipe("cpu-transfer-lite1-residual-fusion-mirror-pairs", lite1)
+    assert recorded("cpu-transfer-lite1-residual-fusion-mirror-pairs-shallow") == \
+        recorded("cpu-transfer-lite1-residual-fusion-mirror-pairs")  # SDH and ITQ on Lite1's frozen features
     assert recorded("cpu-transfer-lite1-residual-fusion-mirror-20-per-class") == {**small, "model": lite1["model"]}
 
     # the recipe shipped until 2026-12-06's seventh session: 10 epochs, whole batches, backbone at 0.02x
