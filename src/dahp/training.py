@@ -305,16 +305,17 @@ class Trainer:
         self.memory_format = torch.channels_last if self.channels_last and self.device.type == "cpu" else None
         if self.memory_format is not None:
             self.model.to(memory_format=self.memory_format)
-        self.fixed_stages = _fixed_stages(getattr(self.model, "backbone", None), self.config.frozen_stages)
+        backbone = getattr(self.model, "backbone", None)
+        self.fixed_stages = _fixed_stages(backbone, self.config.frozen_stages)
         for stage in self.fixed_stages:  # before DDP, which syncs the gradients of what requires them
             stage.requires_grad_(False)
         self.network = distributed.wrap_model(self.model, self.device)  # self.model itself in one process
         settings = self.config.loss_settings(self.anchors.shape[1], self.anchors.shape[0], getattr(self.model, "config", None))
         self.loss = get_method(self.config.method).loss(settings)
         self.companion = self.loss.companion
-        backbone = getattr(self.model, "backbone", None)
-        backbone_parameters = [p for p in backbone.parameters() if p.requires_grad] if backbone is not None else []
-        in_backbone = {id(parameter) for parameter in backbone.parameters()} if backbone is not None else set()
+        in_backbone_all = list(backbone.parameters()) if backbone is not None else []
+        backbone_parameters = [parameter for parameter in in_backbone_all if parameter.requires_grad]
+        in_backbone = {id(parameter) for parameter in in_backbone_all}
         parameters = [p for p in self.model.parameters() if id(p) not in in_backbone]
         if self.config.micro_batch_size is not None and self.world > 1:
             raise DahpError("--micro-batch-size trains in one process; under torchrun leave it out")
