@@ -94,6 +94,23 @@ def test_train_encode_evaluate_on_digits(tmp_path, capsys):
     assert not (report / "precision_radius_vs_bits.png").exists()  # one code length only
 
 
+def test_a_demoting_model_encodes_databases_demoted_and_queries_as_signs(tmp_path):
+    from dahp.codes import demoted_codes, pack_codes
+    from dahp.hasher import DeepHasher
+
+    out = tmp_path / "run"
+    assert _train_tiny(out, "--epochs", "1", "--demote-uncertain", "1") == 0
+    hasher = DeepHasher.load(out / MODEL_FILE, device="cpu")
+    assert hasher.model_config.demote_uncertain == 1.0
+    outputs = hasher.encode_real(load_digits())
+    for role, expected in (("database", demoted_codes(outputs, 1.0)), ("query", pack_codes(outputs))):
+        assert main(["encode", str(out / MODEL_FILE), "digits", "-o", str(tmp_path / f"{role}.npz"), "--role", role,
+                     "--quiet"]) == 0
+        assert np.array_equal(np.load(tmp_path / f"{role}.npz")["codes"], expected)
+    assert main(["encode", str(out / MODEL_FILE), "digits", "-o", str(tmp_path / "default.npz"), "--quiet"]) == 0
+    assert np.array_equal(np.load(tmp_path / "default.npz")["codes"], np.load(tmp_path / "database.npz")["codes"])
+
+
 def test_evaluate_several_models_plots_precision_against_code_length(tmp_path, capsys):
     for bits in ("16", "24"):
         assert _train_tiny(tmp_path / f"dahp{bits}", "--bits", bits, "--epochs", "1") == 0
@@ -245,10 +262,13 @@ def test_train_budget_is_a_starting_point_that_flags_override(tmp_path):
     assert model.residual_fusion and model.attention and model.hidden_dim == 32
     model, _, _, _ = _settings(["--data", "digits", "--budget", str(budget), "--mirror-average"])
     assert model.mirror_average and not model.residual_fusion
+    model, _, _, _ = _settings(["--data", "digits", "--budget", str(budget), "--demote-uncertain", "0.5"])
+    assert model.demote_uncertain == 0.5 and not model.mirror_average
     model, config, preprocess, weights = _settings(["--data", "digits"])  # no budget: the built-in defaults
     assert (config.epochs, config.lr, model.backbone, model.hash_norm, preprocess.image_size) == (50, 0.04, "resnet18",
                                                                                                  False, 8)
     assert not model.residual_fusion and not model.mirror_average  # the paper's network unless asked for
+    assert model.demote_uncertain == 0  # and its sign codes
 
 
 def test_preprocessing_follows_the_backbone_weights_unless_overridden():

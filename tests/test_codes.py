@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from dahp.codes import hamming_distance, pack_codes, unpack_codes
+from dahp.codes import demoted_codes, hamming_distance, pack_codes, unpack_codes
 from dahp.errors import DahpError
 
 BIT_LENGTHS = [1, 7, 8, 12, 48, 64, 100]
@@ -52,6 +52,27 @@ def test_hamming_distance_matches_brute_force(bits: int) -> None:
     for i in range(7):
         for j in range(11):
             assert distances[i, j] == sum(int(a != b) for a, b in zip(query[i], database[j]))
+
+
+def test_demoted_codes_flip_the_weakest_bit_of_the_unsure_rows_only() -> None:
+    outputs = np.array([
+        [2.0, -2.0, 0.1, 2.0],    # weakest 0.1 < 0.5 x mean 1.525: its bit flips to 0
+        [1.0, -1.0, 1.0, -0.9],   # weakest 0.9 >= 0.5 x mean 0.975: kept
+        [-0.2, 3.0, 3.0, 3.0],    # weakest -0.2 < 0.5 x mean 2.3: its bit flips to 1
+    ])
+    expected = pack_codes(np.array([[1, 0, 0, 1], [1, 0, 1, 0], [1, 1, 1, 1]]))
+    np.testing.assert_array_equal(demoted_codes(outputs, 0.5), expected)
+    np.testing.assert_array_equal(demoted_codes(outputs, 0.0), pack_codes(outputs))  # 0: the sign codes
+
+    real = np.random.default_rng(3).standard_normal((200, 12))
+    plain, demoted = pack_codes(real), demoted_codes(real, 0.1)
+    moved = hamming_distance(plain, demoted).diagonal()
+    certainty = np.abs(real)
+    unsure = certainty.min(1) < 0.1 * certainty.mean(1)
+    assert set(moved[unsure]) == {1} and set(moved[~unsure]) == {0}  # one bit, and only the unsure rows
+    assert 0 < unsure.sum() < len(real)
+    with pytest.raises(DahpError, match="2-D"):
+        demoted_codes(np.zeros(5), 0.5)
 
 
 def test_hamming_distance_extremes() -> None:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dahp.codes import hamming_distance, pack_codes
+from dahp.codes import demoted_codes, hamming_distance, pack_codes
 from dahp.data import default_preprocess, load_digits
 from dahp.errors import DahpError
 from dahp.hasher import DeepHasher
@@ -203,6 +203,27 @@ def test_digits_index_searches_like_brute_force(digits_index, digits_codes, digi
     image = DIGITS_ORDER[hit.id]
     assert hit.path == f"digits[{image}]" and hit.label == str(load_digits().labels[image].argmax())
     assert digits_index.search(np.zeros((0, 2), np.uint8)) == []
+
+
+def test_an_index_stores_its_models_demoted_database_codes_and_queries_with_signs(model_path, tmp_path):
+    """A model with ``demote_uncertain`` indexes its database codes (one bit moved on unsure images);
+    its queries stay sign codes, as the model encodes them."""
+    from dataclasses import replace
+
+    demoting = DeepHasher.load(model_path, device="cpu")
+    demoting.model_config = replace(demoting.model_config, demote_uncertain=1.0)
+    demoting.save(tmp_path / "demoting.dahp")
+    index = Index.build(tmp_path / "demoting.dahp", "digits", tmp_path / "index", device="cpu", progress=False)
+    digits = load_digits()
+    outputs = demoting.encode_real(digits)
+    database = demoted_codes(outputs, 1.0)[DIGITS_ORDER]
+    assert (database != pack_codes(outputs)[DIGITS_ORDER]).any(axis=1).mean() > 0.5
+    queries = pack_codes(outputs[::300])
+    png = io.BytesIO()
+    Image.fromarray(digits.images[0]).save(png, format="PNG")
+    png.seek(0)
+    assert np.array_equal(index.encode_images([png]), queries[:1])
+    assert pairs(index.search(queries, k=40)) == brute_force(queries, database, k=40)
 
 
 def test_concurrent_searches_agree(digits_index, digits_codes):

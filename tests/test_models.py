@@ -134,6 +134,9 @@ def test_model_config_validation():
         ModelConfig(bits=4)
     with pytest.raises(DahpError, match="unknown fields"):
         ModelConfig.from_dict({"bits": 16, "depth": 50})
+    for ratio in (-0.1, 1.5, float("nan")):
+        with pytest.raises(DahpError, match="--demote-uncertain must be a ratio between 0 and 1"):
+            ModelConfig(bits=16, demote_uncertain=ratio)
     config = ModelConfig(bits=16, small_stem=True, output_stride=4)
     assert ModelConfig.from_dict(config.to_dict()) == config
 

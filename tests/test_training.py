@@ -5,11 +5,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from dahp.codes import demoted_codes, pack_codes
 from dahp.data import default_preprocess, load_digits
 from dahp.errors import DahpError
 from dahp.hasher import CHECKPOINT_FILE, MODEL_FILE, DeepHasher
@@ -237,6 +239,20 @@ def test_encode_images_matches_encoding_the_collection(small_digits, tmp_path):
     assert len(DeepHasher.load(tmp_path / MODEL_FILE).fingerprint_) == 64
     with pytest.raises(DahpError, match="cannot read image"):
         hasher.encode_images([tmp_path / "missing.png"])
+
+
+def test_a_database_is_encoded_with_the_models_demotion_rule_and_queries_without(small_digits):
+    demoting = _hasher(epochs=1, model=replace(SMALL_MODEL, demote_uncertain=1.0)).fit(small_digits)
+    outputs = demoting.encode_real(small_digits)
+    database = demoting.encode(small_digits, role="database")
+    np.testing.assert_array_equal(database, demoted_codes(outputs, 1.0))
+    np.testing.assert_array_equal(demoting.encode(small_digits), pack_codes(outputs))  # queries: sign codes
+    assert (database != pack_codes(outputs)).any(axis=1).mean() > 0.5  # ratio 1: every row below its mean
+    plain = _hasher(epochs=1)
+    plain.model_ = demoting.model_
+    np.testing.assert_array_equal(plain.encode(small_digits, role="database"), pack_codes(outputs))  # 0: off
+    with pytest.raises(DahpError, match="role must be one of query, database"):
+        demoting.codes(outputs, "index")
 
 
 def _backbone_parameters(model):

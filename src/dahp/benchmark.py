@@ -240,7 +240,8 @@ def _run_deep(plan: RunPlan, data: BenchmarkData, out: Path, device: str, progre
                         progress=progress)
     hasher.fit(data.train, out_dir=run_dir, resume=(run_dir / CHECKPOINT_FILE).is_file(), data_spec=data.record)
     started = time.perf_counter()
-    codes = [hasher.encode(part, batch_size=256, progress=progress) for part in (data.query, data.database)]
+    codes = [hasher.encode(part, batch_size=256, progress=progress, role=role)
+             for part, role in ((data.query, "query"), (data.database, "database"))]
     encode_seconds = time.perf_counter() - started
     info = {
         "model_config": plan.model.to_dict(), "train_config": plan.train.to_dict(),

@@ -157,7 +157,7 @@ def cmd_methods(args: argparse.Namespace) -> None:
 # built-in defaults (used when neither the budget nor the command line gives them) are the
 # dataclasses' own. `attention` and `backbone` default to the method's.
 MODEL_OPTIONS = ("backbone", "output_stride", "small_stem", "attention", "hidden_dim", "hash_norm", "head_channels",
-                 "residual_fusion", "mirror_average")
+                 "residual_fusion", "mirror_average", "demote_uncertain")
 TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "schedule", "anchor_weight",
                  "quantization_weight", "pairs", "augment", "workers", "frozen_epochs", "backbone_lr_scale",
                  "frozen_batch_norm", "min_steps", "micro_batch_size", "frozen_stages")
@@ -246,7 +246,8 @@ def cmd_encode(args: argparse.Namespace) -> None:
     hasher = DeepHasher.load(args.model, device=args.device)
     data = _collection(args, args.images)
     started = time.perf_counter()
-    codes = hasher.encode(data, batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
+    codes = hasher.encode(data, batch_size=args.batch_size, workers=args.workers, progress=not args.quiet,
+                          role=args.role)
     seconds = time.perf_counter() - started
     atomic_write_npz(args.output, codes=codes, bits=np.int64(hasher.bits), labels=data.labels,
                      names=np.array(data.names()), class_names=np.array(data.class_names))
@@ -331,7 +332,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             if not args.quiet:
                 print(f"{name}: encoding {len(part)} {role} images", file=sys.stderr)
             codes.append(hasher.encode(part, batch_size=args.batch_size, workers=args.workers,
-                                       progress=not args.quiet))
+                                       progress=not args.quiet, role=role))
         results[name] = evaluate(*codes, query.labels, database.labels, hasher.bits, top_k=args.top_k,
                                  radius=args.radius)
         methods[name] = hasher.method_name()
@@ -525,6 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
     option("--mirror-average", action=argparse.BooleanOptionalAction,
            help="encode each image with its left-right mirror and average the outputs (mirrored copies share "
                 "a code; encoding takes twice as long)")
+    option("--demote-uncertain", type=float, metavar="RATIO",
+           help="in a database's codes, flip the least certain bit of an image whose weakest output is below "
+                "RATIO times its mean, so that among equally near images the surer ones come first; "
+                "queries keep their sign codes (0: off)")
     option("--hash-norm", action=argparse.BooleanOptionalAction,
            help="batch-normalise the hash outputs (keeps pairwise losses off the b = 0 saddle)")
     train.add_argument("--weights", default=None,
@@ -539,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("model", help="model file (model.dahp)")
     encode.add_argument("images", help=SOURCE_HELP)
     encode.add_argument("-o", "--output", required=True, type=Path, help="output .npz")
+    encode.add_argument("--role", choices=("database", "query"), default="database",
+                        help="codes to search in, with the model's --demote-uncertain rule, or to search with "
+                             "(default: database)")
     encode.add_argument("--quiet", action="store_true", help="no progress bar")
     add_source_options(encode)
     add_runtime_options(encode)

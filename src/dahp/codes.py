@@ -54,6 +54,28 @@ def pack_codes(signs_or_bits: np.ndarray) -> np.ndarray:
     return np.packbits(values > 0, axis=1)
 
 
+def demoted_codes(outputs: np.ndarray, ratio: float) -> np.ndarray:
+    """Packed codes of real outputs ``(n, c)`` with uncertain rows demoted: a row whose least
+    certain output ``|b_k|`` is below ``ratio`` times its mean ``|b|`` gets bit ``k`` flipped.
+
+    Why: codes trained against anchors collapse onto them, so a query's nearest group of
+    equal distances holds thousands of images, sure and unsure alike, listed in whatever
+    order the database has. One bit is the least a code can say about certainty: a demoted
+    image lies one bit farther from the queries that agreed with its weakest bit, behind the
+    sure members of its group and still beside them. Only a database is stored this way;
+    queries keep their sign codes. ``ratio`` 0 demotes nothing (plain sign codes).
+    """
+    values = np.asarray(outputs, dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] == 0:
+        raise DahpError(f"codes: expected a 2-D array (n, bits) with bits >= 1, got shape {values.shape}")
+    bits = values > 0
+    certainty = np.abs(values)
+    weakest = certainty.argmin(axis=1)
+    unsure = np.flatnonzero(certainty.min(axis=1) < ratio * certainty.mean(axis=1))
+    bits[unsure, weakest[unsure]] ^= True
+    return np.packbits(bits, axis=1)
+
+
 def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
     """Inverse of :func:`pack_codes`: ``(n, bits)`` uint8 array of 0/1."""
     _check_packed(packed, "packed codes")

@@ -43,7 +43,7 @@ def _train_and_score(name: str, hasher: DeepHasher, data, split) -> tuple[DemoRu
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
     query = hasher.encode(data.subset(split.query))
-    database = hasher.encode(data.subset(split.database))
+    database = hasher.encode(data.subset(split.database), role="database")
     encode_rate = (len(split.query) + len(split.database)) / (time.perf_counter() - started)
     classes = data.labels.argmax(axis=1)
     score = mean_average_precision(query, database, classes[split.query], classes[split.database], hasher.bits)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, distributed
 from .anchors import AnchorSet, generate_anchors
-from .codes import pack_codes
+from .codes import demoted_codes, pack_codes
 from .data import ImageCollection, Preprocess, decode_image, load_batches, split_batches
 from .errors import DahpError
 from .methods import get_method
@@ -30,6 +30,8 @@ MODEL_FILE = "model.dahp"
 CHECKPOINT_FILE = "checkpoint.dahp"
 RUNTIMES = ("pytorch", "onnxruntime")
 """What runs a fitted network's forward pass when it encodes (training is always PyTorch)."""
+ROLES = ("query", "database")
+"""What a code is for: a database's codes follow the model's ``demote_uncertain`` rule."""
 
 
 def resolve_runtime(runtime: str, device: str) -> str:
@@ -206,10 +208,19 @@ class DeepHasher:
             yield output, indices
 
     def encode(
-        self, data: ImageCollection, batch_size: int = 256, workers: int = 0, progress: bool = False
+        self, data: ImageCollection, batch_size: int = 256, workers: int = 0, progress: bool = False,
+        role: str = "query",
     ) -> np.ndarray:
-        """Packed codes: (n, ceil(bits/8)) ``uint8``, bit = 1 where b > 0."""
-        return pack_codes(self.encode_real(data, batch_size, workers, progress))
+        """Packed codes: (n, ceil(bits/8)) ``uint8``, bit = 1 where b > 0 (see :meth:`codes`)."""
+        return self.codes(self.encode_real(data, batch_size, workers, progress), role)
+
+    def codes(self, outputs: np.ndarray, role: str = "query") -> np.ndarray:
+        """Packed codes of real outputs: their signs for queries; for a database, with the uncertain
+        images demoted by one bit when the model says so (``ModelConfig.demote_uncertain``)."""
+        if role not in ROLES:
+            raise DahpError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        ratio = self.model_config.demote_uncertain if role == "database" else 0.0
+        return demoted_codes(outputs, ratio) if ratio else pack_codes(outputs)
 
     def encode_images(self, images: Sequence[str | Path | IO[bytes]]) -> np.ndarray:
         """Packed codes for a few images given as files or byte streams (a query, an upload)."""

@@ -47,7 +47,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..codes import pack_codes
 from ..data import ImageCollection, load_source, split_batches
 from ..errors import DahpError
 from ..hasher import DeepHasher
@@ -228,7 +227,7 @@ class Ingest:
                     for output, indices in itertools.islice(stream, len(batches)):
                         outputs.append(output)
                         bar.update(len(indices))
-                    self._write(chunk, pack_codes(np.concatenate(outputs)))
+                    self._write(chunk, self.hasher.codes(np.concatenate(outputs), "database"))
         return left
 
     def _scan(self) -> list[int]:

@@ -15,7 +15,12 @@ from .registry import create_backbone
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild the network; saved inside every model file."""
+    """Everything needed to rebuild the network; saved inside every model file.
+
+    ``demote_uncertain`` (0, off, in the paper) is not the network's but how its outputs
+    become a database's codes (:func:`dahp.codes.demoted_codes`): it travels with the model
+    so that every index built from it stores the same codes.
+    """
 
     bits: int = 48
     backbone: str = "resnet18"
@@ -27,9 +32,12 @@ class ModelConfig:
     head_channels: int | None = None
     residual_fusion: bool = False
     mirror_average: bool = False
+    demote_uncertain: float = 0.0
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
+        if not 0 <= self.demote_uncertain <= 1:
+            raise DahpError(f"--demote-uncertain must be a ratio between 0 and 1, got {self.demote_uncertain}")
         if self.hidden_dim < 1:
             raise DahpError(f"hidden_dim must be positive, got {self.hidden_dim}")
         if self.head_channels is not None and self.head_channels < 1:
