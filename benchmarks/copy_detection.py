@@ -73,7 +73,7 @@ def edited_copies(database: ImageCollection, copies: int, seed: int) -> tuple[np
 def copy_detection(hasher: DeepHasher, database: ImageCollection, copies: int, seed: int,
                    batch_size: int = 64) -> dict[str, float]:
     originals, files = edited_copies(database, copies, seed)
-    database_codes = hasher.encode(database, progress=True)
+    database_codes = hasher.encode(database, progress=True, role="database")  # as an index stores them
     copy_codes = np.concatenate([hasher.encode_images(files[start:start + batch_size])
                                  for start in range(0, len(files), batch_size)])
     return {"bits": hasher.bits} | copy_statistics(copy_codes, database_codes, originals)

@@ -58,7 +58,7 @@ def main() -> None:
     classes = data.labels.argmax(axis=1)
     hasher = DeepHasher.load(args.model)
     queries, database = data.subset(split.query), data.subset(split.database)
-    query_codes, database_codes = hasher.encode(queries), hasher.encode(database)
+    query_codes, database_codes = hasher.encode(queries), hasher.encode(database, role="database")  # as an index
 
     distances = hamming_distance(query_codes, database_codes)
     query_classes = classes[split.query][:, None]

@@ -11,6 +11,7 @@ from dahp.codes import pack_codes
 from dahp.errors import DahpError
 from dahp.methods import parse_methods
 from dahp.metrics import evaluate
+from dahp.models import ModelConfig
 from dahp.training import TrainConfig
 
 pytestmark = pytest.mark.slow
@@ -239,9 +240,9 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
     """Each record differs from the shipped recipe, or from the recipe it replaced, in the
     settings its name says, and nothing else."""
 
-    def settings(budget: dict) -> dict:  # a training setting a record predates has its default
+    def settings(budget: dict) -> dict:  # a setting a record predates has its default
         kept = {key: value for key, value in Budget(**budget).to_dict().items() if key not in ("name", "description")}
-        return {**kept, "train": TrainConfig(**kept["train"]).to_dict()}
+        return {**kept, "train": TrainConfig(**kept["train"]).to_dict(), "model": ModelConfig(**kept["model"]).to_dict()}
 
     def recorded(name: str) -> dict:
         return settings(json.loads((RECORDS / name / "benchmark.json").read_text())["budget"])
@@ -261,7 +262,13 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
         return {**recipe, "model": {**recipe["model"], **model}}
 
     shipped = json.loads(json.dumps(settings(Budget.load("cpu-transfer").to_dict())))
+    assert shipped["model"]["demote_uncertain"] == 0.6
     assert shipped["train"]["frozen_stages"] == 4 and shipped["train"]["backbone_lr_scale"] == 0.06
+    assert recorded("cpu-transfer-demote-uncertain") == shipped
+    assert budgeted("cpu-transfer-demote-uncertain") == shipped
+
+    # the recipe shipped until the demotion: the same training, sign codes
+    shipped = with_model(shipped, demote_uncertain=0.0)
     assert recorded("cpu-transfer-frozen-stages-4") == shipped
     assert budgeted("cpu-transfer-frozen-stages-4") == shipped
     small = {**shipped, "protocol": "per-class", "protocol_parameters": {"query_per_class": 100, "train_per_class": 20}}

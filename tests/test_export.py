@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from dahp import export as export_module
 from dahp.anchors import generate_anchors
 from dahp.codes import unpack_codes
 from dahp.data import IMAGENET_MEAN, IMAGENET_STD, ImageCollection, Preprocess, default_preprocess, load_digits, one_hot
@@ -142,6 +143,8 @@ def test_metadata_tells_a_deployer_the_preprocessing(digits_onnx, digits_model):
     assert meta["fingerprint"] == hasher.fingerprint_ and len(meta["fingerprint"]) == 64
     assert json.loads(meta["class_names"]) == [str(d) for d in range(10)]
     assert meta["dahp_version"] and "packbits" in meta["codes"]
+    assert meta["database_codes"] == "the codes as they are"  # a model without --demote-uncertain
+    assert "below 0.6 x its mean |hash_values|" in export_module._database_rule(0.6)
     (images,) = model.graph.input
     dims = [d.dim_param or d.dim_value for d in images.type.tensor_type.shape.dim]
     assert images.name == "images" and dims == ["batch", 3, 8, 8]

@@ -2,7 +2,10 @@
 
 The graph takes images already normalised by the model's preprocessing (recorded in the
 file's ``metadata_props``) and returns the codes exactly as :func:`dahp.codes.pack_codes`
-packs them, so an index built by dahp can be queried from ONNX Runtime and vice versa.
+packs them, so an index built by dahp can be queried from ONNX Runtime and vice versa. They
+are query codes: a model trained with ``--demote-uncertain`` stores a database's codes with
+its unsure images demoted (:func:`dahp.codes.demoted_codes`), which ``database_codes`` in
+the metadata spells out for a deployer who builds a database from the graph's outputs.
 
 It uses PyTorch's TorchScript-based exporter (``dynamo=False``): it needs only the
 ``onnx`` package, no ``onnxscript``, and traces the attention's ``bmm``/``softmax``
@@ -85,6 +88,13 @@ def _check_output_path(path: Path) -> None:
             return
 
 
+def _database_rule(ratio: float) -> str:
+    if not ratio:
+        return "the codes as they are"
+    return (f"the codes, except that a row whose smallest |hash_values| is below {ratio} x its mean |hash_values| "
+            "has that bit flipped (dahp.codes.demoted_codes); queries use the codes as they are")
+
+
 def _metadata(hasher: DeepHasher, pack: bool) -> dict[str, str]:
     """What a deployer needs to feed the graph and read its outputs, as ONNX string properties."""
     preprocess = hasher.preprocess
@@ -95,6 +105,7 @@ def _metadata(hasher: DeepHasher, pack: bool) -> dict[str, str]:
         "input": "RGB, NCHW float32, x = (pixel / 255 - mean) / std, resized (bilinear) to image_size",
         "bits": str(hasher.bits),
         "codes": "packed: np.packbits(hash_values > 0, axis=1)" if pack else "bits: uint8 (hash_values > 0)",
+        "database_codes": _database_rule(hasher.model_config.demote_uncertain),
         "fingerprint": hasher.fingerprint_,
         "dahp_version": __version__,
         "class_names": json.dumps(hasher.class_names_),
