@@ -46,12 +46,15 @@ def pack_codes(signs_or_bits: np.ndarray) -> np.ndarray:
     ``sign(h)`` and ``h`` give the same code.  Padding bits are zero, so they
     never contribute to a Hamming distance.
     """
-    values = np.asarray(signs_or_bits)
+    return np.packbits(_code_matrix(signs_or_bits) > 0, axis=1)
+
+
+def _code_matrix(values: np.ndarray) -> np.ndarray:
+    """``values`` as an array, checked to be an ``(n, bits)`` matrix with ``bits >= 1``."""
+    values = np.asarray(values)
     if values.ndim != 2 or values.shape[1] == 0:
-        raise DahpError(
-            f"codes: expected a 2-D array (n, bits) with bits >= 1, got shape {values.shape}"
-        )
-    return np.packbits(values > 0, axis=1)
+        raise DahpError(f"codes: expected a 2-D array (n, bits) with bits >= 1, got shape {values.shape}")
+    return values
 
 
 def demoted_codes(outputs: np.ndarray, ratio: float) -> np.ndarray:
@@ -65,9 +68,7 @@ def demoted_codes(outputs: np.ndarray, ratio: float) -> np.ndarray:
     sure members of its group and still beside them. Only a database is stored this way;
     queries keep their sign codes. ``ratio`` 0 demotes nothing (plain sign codes).
     """
-    values = np.asarray(outputs, dtype=np.float64)
-    if values.ndim != 2 or values.shape[1] == 0:
-        raise DahpError(f"codes: expected a 2-D array (n, bits) with bits >= 1, got shape {values.shape}")
+    values = _code_matrix(outputs)
     bits = values > 0
     certainty = np.abs(values)
     weakest = certainty.argmin(axis=1)
