@@ -19,10 +19,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+from model_split import model_split
 from PIL import Image
 
 from dahp.codes import hamming_distance
-from dahp.data import ImageCollection, Protocol, load_source
+from dahp.data import ImageCollection
 from dahp.data.transforms import open_image
 from dahp.hasher import DeepHasher
 
@@ -90,11 +91,8 @@ def main() -> None:
     args = parser.parse_args()
 
     hasher = DeepHasher.load(args.model, device="cpu")
-    record = hasher.data_spec_
-    if "protocol" not in record:
-        raise SystemExit(f"copy_detection: {args.model} records no split; train it with dahp train or benchmark")
-    data = load_source(args.data or record["source"], cache_dir=args.cache_dir)
-    database = Protocol.from_dict(record["protocol"]).split(data).database
+    data, split = model_split(hasher, args.model, args.data, args.cache_dir, "copy_detection")
+    database = split.database
     if 0 < args.database_size < len(database):
         database = np.sort(np.random.default_rng(args.seed).choice(database, args.database_size, replace=False))
     print(json.dumps(copy_detection(hasher, data.subset(database), args.copies, args.seed), indent=2))

@@ -20,9 +20,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from model_split import model_split
 
-from dahp.codes import demoted_codes, pack_codes
-from dahp.data import Protocol, load_source
+from dahp.codes import demoted_codes, pack_codes, unsure_rows
 from dahp.hasher import DeepHasher
 from dahp.metrics import mean_average_precision
 
@@ -32,9 +32,7 @@ RATIOS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 def model_outputs(model: Path, data: str | None, cache_dir: str | None) -> dict[str, np.ndarray]:
     """The real outputs and labels of the queries and database of the split the model was trained on."""
     hasher = DeepHasher.load(model, device="cpu")
-    record = hasher.data_spec_
-    collection = load_source(data or record["source"], cache_dir=cache_dir)
-    split = Protocol.from_dict(record["protocol"]).split(collection)
+    collection, split = model_split(hasher, model, data, cache_dir, "demote_uncertain")
     query, database = collection.subset(split.query), collection.subset(split.database)
     return {"query": hasher.encode_real(query, progress=True), "database": hasher.encode_real(database, progress=True),
             "query_labels": query.labels, "database_labels": database.labels}
@@ -57,8 +55,6 @@ def main() -> None:
         if args.outputs is not None:
             np.savez(args.outputs, **outputs)
     query_codes, database = pack_codes(outputs["query"]), outputs["database"]
-    certainty = np.abs(database)
-
     labels, bits = (outputs["query_labels"], outputs["database_labels"]), database.shape[1]
 
     def scores(database_codes: np.ndarray) -> str:
@@ -66,12 +62,11 @@ def main() -> None:
                           for ties in ("database-order", "expected"))
 
     at = f"@{args.top_k}" if args.top_k else "@ALL"
-    print(f"{len(query_codes)} queries, {len(database)} database images, {database.shape[1]} bits")
+    print(f"{len(query_codes)} queries, {len(database)} database images, {bits} bits")
     print(f"| ratio | database images demoted | mAP{at} | tie-aware |\n|---|---|---|---|")
     print(f"| 0 (sign codes) | 0 | {scores(pack_codes(database))} |")
     for ratio in args.ratios:
-        demoted = (certainty.min(axis=1) < ratio * certainty.mean(axis=1)).mean()
-        print(f"| {ratio} | {demoted:.0%} | {scores(demoted_codes(database, ratio))} |", flush=True)
+        print(f"| {ratio} | {unsure_rows(database, ratio).mean():.0%} | {scores(demoted_codes(database, ratio))} |", flush=True)
 
 
 if __name__ == "__main__":

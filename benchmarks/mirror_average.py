@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from copy_detection import copy_statistics, edited_copies
+from model_split import model_split
 
 from dahp.codes import pack_codes
-from dahp.data import ImageCollection, Protocol, decode_image, load_batches, load_source, split_batches
+from dahp.data import ImageCollection, decode_image, load_batches, split_batches
 from dahp.hasher import DeepHasher
 from dahp.metrics import chance_map, mean_average_precision
 from dahp.models.inference import inference_copy
@@ -67,10 +68,7 @@ def main() -> None:
     hasher = DeepHasher.load(args.model, device="cpu")
     if hasher.model_config.mirror_average:
         raise SystemExit(f"mirror_average: {args.model} averages with the mirror already; give a model without it")
-    if "protocol" not in hasher.data_spec_:
-        raise SystemExit(f"mirror_average: {args.model} records no split; train it with dahp train or benchmark")
-    data = load_source(args.data or hasher.data_spec_["source"], cache_dir=args.cache_dir)
-    split = Protocol.from_dict(hasher.data_spec_["protocol"]).split(data)
+    data, split = model_split(hasher, args.model, args.data, args.cache_dir, "mirror_average")
     database = split.database
     if 0 < args.database_size < len(database):
         database = np.sort(np.random.default_rng(args.seed).choice(database, args.database_size, replace=False))

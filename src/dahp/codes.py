@@ -70,11 +70,16 @@ def demoted_codes(outputs: np.ndarray, ratio: float) -> np.ndarray:
     """
     values = _code_matrix(outputs)
     bits = values > 0
-    certainty = np.abs(values)
-    weakest = certainty.argmin(axis=1)
-    unsure = np.flatnonzero(certainty.min(axis=1) < ratio * certainty.mean(axis=1))
-    bits[unsure, weakest[unsure]] ^= True
+    unsure = np.flatnonzero(unsure_rows(values, ratio))
+    bits[unsure, np.abs(values[unsure]).argmin(axis=1)] ^= True
     return np.packbits(bits, axis=1)
+
+
+def unsure_rows(outputs: np.ndarray, ratio: float) -> np.ndarray:
+    """Which rows of real outputs :func:`demoted_codes` demotes: the least certain ``|b_k|``
+    below ``ratio`` times the row's mean ``|b|``."""
+    certainty = np.abs(_code_matrix(outputs))
+    return certainty.min(axis=1) < ratio * certainty.mean(axis=1)
 
 
 def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
