@@ -266,6 +266,7 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
     assert shipped["train"]["frozen_stages"] == 4 and shipped["train"]["backbone_lr_scale"] == 0.06
     assert recorded("cpu-transfer-demote-uncertain") == shipped
     assert budgeted("cpu-transfer-demote-uncertain") == shipped
+    assert recorded("cpu-transfer-demote-uncertain-table-iii") == shipped  # the ablation at the shipped recipe
 
     # the recipe shipped until the demotion: the same training, sign codes
     shipped = with_model(shipped, demote_uncertain=0.0)
