@@ -267,6 +267,9 @@ def test_the_cpu_transfer_records_ran_the_shipped_recipe_and_the_variants_it_was
     assert recorded("cpu-transfer-demote-uncertain") == shipped
     assert budgeted("cpu-transfer-demote-uncertain") == shipped
     assert recorded("cpu-transfer-demote-uncertain-table-iii") == shipped  # the ablation at the shipped recipe
+    assert recorded("cpu-transfer-table-iv") == shipped  # the README's command from a clean clone, then Table IV
+    for held_out in ("cpu-transfer-digits-20-per-class", "cpu-transfer-digits-100-per-class"):
+        assert same_recipe(held_out, shipped)  # data no setting was chosen on
 
     # the recipe shipped until the demotion: the same training, sign codes
     shipped = with_model(shipped, demote_uncertain=0.0)
